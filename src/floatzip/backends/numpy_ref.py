@@ -1,0 +1,157 @@
+"""Reference back end in plain NumPy: the educational coder.
+
+It follows docs/FORMAT.md step by step and is the ground truth every other
+back end is tested against, byte for byte. It is vectorised across lanes
+(all lanes advance one symbol per step, as GPU threads would), so it is slow
+on small tensors but never wrong.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..codecs import tans
+from ..codecs.layout import CodedGeometry, lane_order, lane_symbol_counts
+from ..dtypes import rotate_sign_down, rotate_sign_up
+from ..errors import CorruptDataError
+
+name = "numpy"
+
+
+# -- raw fields ------------------------------------------------------------
+
+def pack_raw(raw: np.ndarray, raw_bits: int) -> np.ndarray:
+    """Fixed-width fields, least significant bit first, value 0 first."""
+    if raw_bits == 0 or raw.size == 0:
+        return np.zeros((raw.size * raw_bits + 7) // 8, dtype=np.uint8)
+    planes = ((raw[:, None] >> np.arange(raw_bits, dtype=raw.dtype)) & 1).astype(np.uint8)
+    return np.packbits(planes.ravel(), bitorder="little")
+
+
+def unpack_raw(packed: np.ndarray, count: int, raw_bits: int, dtype) -> np.ndarray:
+    if raw_bits == 0:
+        return np.zeros(count, dtype=dtype)
+    planes = np.unpackbits(packed, count=count * raw_bits, bitorder="little")
+    weights = (np.uint64(1) << np.arange(raw_bits, dtype=np.uint64))
+    return (planes.reshape(count, raw_bits).astype(np.uint64) @ weights).astype(dtype)
+
+
+# -- symbols ---------------------------------------------------------------
+
+def split(bits: np.ndarray, width: int, symbol_bits: int):
+    """Values -> (symbols, raw fields), both in value order."""
+    rotated = rotate_sign_down(bits.ravel(), width)
+    raw_bits = width - symbol_bits
+    symbols = (rotated.astype(np.int64) >> raw_bits)
+    raw = rotated & rotated.dtype.type((1 << raw_bits) - 1)
+    return symbols, raw
+
+
+def encode(bits: np.ndarray, geometry_args: dict, counts: np.ndarray, workers: int = 1):
+    """Encode the values ``bits`` (unsigned ints of the value width) with the
+    given parameters. Returns (lane_sizes u16, payload u8, raw u8)."""
+    width = geometry_args["width"]
+    symbol_bits = geometry_args["symbol_bits"]
+    table_log = geometry_args["table_log"]
+    first_symbol = geometry_args["first_symbol"]
+    lane_symbols = geometry_args["lane_symbols"]
+    size = 1 << table_log
+    n = bits.size
+
+    symbols, raw = split(bits, width, symbol_bits)
+    packed_raw = pack_raw(raw, width - symbol_bits)
+
+    next_state, cumulative = tans.build_encode_table(counts, table_log)
+    freq = counts.astype(np.int64)
+    order = lane_order(n, lane_symbols)
+    per_lane = lane_symbol_counts(n, lane_symbols)
+    lane_syms = np.append(symbols - first_symbol, 0)[order]   # [lanes, K]
+    lanes = order.shape[0]
+
+    # Encode each lane backwards from state L; record (value, nbits) fields.
+    values = np.zeros((lanes, lane_symbols + 1), dtype=np.int64)
+    nbits = np.zeros((lanes, lane_symbols + 1), dtype=np.int64)
+    x = np.full(lanes, size, dtype=np.int64)
+    for step in range(lane_symbols - 1, -1, -1):
+        active = step < per_lane
+        s = lane_syms[:, step]
+        f = freq[s]
+        nb = tans.highest_bit(x) - tans.highest_bit(f)
+        nb -= (x >> nb) < f
+        nb = np.where(active, nb, 0)
+        values[:, step + 1] = x & ((1 << nb) - 1)
+        nbits[:, step + 1] = nb
+        x = np.where(active, next_state[cumulative[s] + (x >> nb) - f], x)
+    # The decoder starts from the encoder's final state, written first.
+    has_symbols = per_lane > 0
+    values[:, 0] = np.where(has_symbols, x - size, 0)
+    nbits[:, 0] = np.where(has_symbols, table_log, 0)
+
+    lane_bits = nbits.sum(axis=1)
+    lane_sizes = (lane_bits + 7) // 8
+    lane_start = np.concatenate(([0], np.cumsum(lane_sizes)[:-1])) * 8
+    field_start = lane_start[:, None] + np.cumsum(nbits, axis=1) - nbits
+    stream = np.zeros(int(lane_sizes.sum()) * 8, dtype=np.uint8)
+    for bit in range(tans.MAX_TABLE_LOG):
+        has = nbits > bit
+        stream[field_start[has] + bit] = (values[has] >> bit) & 1
+    payload = np.packbits(stream, bitorder="little")
+    return lane_sizes.astype(np.uint16), payload, packed_raw
+
+
+def read_bits(payload: np.ndarray, position: np.ndarray, nbits: np.ndarray) -> np.ndarray:
+    """Read ``nbits`` (<= 12) bits at bit ``position``, LSB first. ``payload``
+    must carry 3 bytes of slack past the last position read."""
+    byte = position >> 3
+    window = (payload[byte].astype(np.int64)
+              | (payload[byte + 1].astype(np.int64) << 8)
+              | (payload[byte + 2].astype(np.int64) << 16))
+    return (window >> (position & 7)) & ((1 << nbits) - 1)
+
+
+def decode(geometry: CodedGeometry, counts: np.ndarray, lane_sizes: np.ndarray,
+           payload: np.ndarray, raw: np.ndarray, dtype, workers: int = 1) -> np.ndarray:
+    """Decode validated sections into the values' bits (``dtype``, flat).
+    Raises CorruptDataError if a lane does not end exactly where it should."""
+    n = geometry.count
+    table = tans.build_decode_table(counts, geometry.first_symbol, geometry.table_log)
+    base = (table & tans.ENTRY_BASE_MASK).astype(np.int64)
+    entry_nbits = ((table >> tans.ENTRY_NBITS_SHIFT) & 0xF).astype(np.int64)
+    entry_symbol = (table >> tans.ENTRY_SYMBOL_SHIFT).astype(np.int64)
+
+    per_lane = lane_symbol_counts(n, geometry.lane_symbols)
+    sizes = lane_sizes.astype(np.int64)
+    lane_start = np.concatenate(([0], np.cumsum(sizes)[:-1])) * 8
+    # Slack so that a corrupt stream overrunning its lane reads zeros, not
+    # past the array; the end-of-lane check below then rejects it.
+    slack = geometry.lane_symbols * tans.MAX_TABLE_LOG // 8 + 8
+    data = np.concatenate((payload, np.zeros(slack, dtype=np.uint8)))
+
+    lanes = per_lane.size
+    has_symbols = per_lane > 0
+    position = lane_start.copy()
+    state = np.where(has_symbols, read_bits(data, position, np.full(lanes, geometry.table_log)), 0)
+    position += np.where(has_symbols, geometry.table_log, 0)
+    lane_syms = np.zeros((lanes, geometry.lane_symbols), dtype=np.int64)
+    for step in range(geometry.lane_symbols):
+        active = step < per_lane
+        lane_syms[:, step] = entry_symbol[state]
+        nb = np.where(active, entry_nbits[state], 0)
+        state = np.where(active, base[state] + read_bits(data, position, nb), state)
+        position += nb
+
+    used_bits = position - lane_start
+    if np.any((used_bits + 7) // 8 != sizes):
+        bad = int(np.flatnonzero((used_bits + 7) // 8 != sizes)[0])
+        raise CorruptDataError(
+            f"lane {bad}: decoding used {int(used_bits[bad])} bits but the lane holds "
+            f"{int(sizes[bad])} bytes")
+    tail = (-used_bits) % 8
+    if np.any(read_bits(data, position, tail) != 0):
+        raise CorruptDataError("non-zero padding bits at the end of a lane")
+
+    order = lane_order(n, geometry.lane_symbols)
+    symbols = np.empty(n + 1, dtype=np.int64)
+    symbols[order] = lane_syms
+    raw_vals = unpack_raw(raw, n, geometry.raw_bits, np.int64)
+    rotated = ((symbols[:n] << geometry.raw_bits) | raw_vals).astype(dtype)
+    return rotate_sign_up(rotated, geometry.width)

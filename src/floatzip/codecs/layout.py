@@ -1,0 +1,97 @@
+"""Geometry of a coded tensor: symbols, raw bits, lanes and groups.
+
+A tensor of ``n`` values becomes
+  * ``n`` symbols: the top ``symbol_bits`` of each sign-rotated value, tANS-coded;
+  * ``n`` raw fields: the remaining ``width - symbol_bits`` bits, bit-packed.
+
+The symbols are cut into groups of ``LANES * lane_symbols``. Inside a group,
+symbol ``i`` belongs to lane ``i % LANES`` as that lane's ``i // LANES``-th
+symbol, and each lane is an independent tANS stream. A GPU warp decodes one
+group with one lane per thread, and consecutive threads then write
+consecutive outputs (coalesced); a CPU core decodes the 32 lanes of a group
+interleaved, which hides the latency of each lane's serial dependency.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+LANES = 32
+MAX_LANE_SYMBOLS = 4096     # keeps every lane below 2**16 bytes (u16 sizes)
+
+
+def pad8(nbytes: int) -> int:
+    return (nbytes + 7) & ~7
+
+
+@dataclass(frozen=True)
+class CodedGeometry:
+    """Everything about a tans-coded tensor that the header determines."""
+    count: int              # number of values
+    width: int              # bits per value
+    symbol_bits: int
+    table_log: int
+    first_symbol: int
+    table_symbols: int      # length of the counts array
+    lane_symbols: int
+    payload_bytes: int
+
+    @property
+    def raw_bits(self) -> int:
+        return self.width - self.symbol_bits
+
+    @property
+    def groups(self) -> int:
+        return -(-self.count // (LANES * self.lane_symbols))
+
+    @property
+    def lanes(self) -> int:
+        return self.groups * LANES
+
+    @property
+    def raw_bytes(self) -> int:
+        return (self.count * self.raw_bits + 7) // 8
+
+    def sections(self) -> dict[str, tuple[int, int]]:
+        """Section name -> (offset, length) inside the tensor's blob. Each
+        section starts on an 8-byte boundary; the gaps are zero bytes."""
+        out = {}
+        offset = 0
+        for name, length in (
+            ("counts", 2 * self.table_symbols),
+            ("lane_sizes", 2 * self.lanes),
+            ("payload", self.payload_bytes),
+            ("raw", self.raw_bytes),
+        ):
+            out[name] = (offset, length)
+            offset = pad8(offset + length)
+        out["end"] = (offset, 0)
+        return out
+
+    @property
+    def blob_bytes(self) -> int:
+        return self.sections()["end"][0]
+
+
+def lane_symbol_counts(count: int, lane_symbols: int) -> np.ndarray:
+    """Number of symbols in each lane (int64[lanes]); only the last group
+    can hold lanes with fewer than ``lane_symbols`` (possibly 0)."""
+    group = LANES * lane_symbols
+    groups = -(-count // group)
+    counts = np.full(groups * LANES, lane_symbols, dtype=np.int64)
+    if groups:
+        left = count - (groups - 1) * group
+        lane = np.arange(LANES)
+        counts[-LANES:] = np.maximum(0, (left - lane + LANES - 1) // LANES)
+    return counts
+
+
+def lane_order(count: int, lane_symbols: int) -> np.ndarray:
+    """Index of the value behind (lane, step), as int64[lanes, lane_symbols];
+    positions past the end of the tensor hold ``count`` (one past the end)."""
+    group = LANES * lane_symbols
+    groups = -(-count // group)
+    idx = np.arange(groups * group, dtype=np.int64).reshape(groups, lane_symbols, LANES)
+    idx = idx.transpose(0, 2, 1).reshape(groups * LANES, lane_symbols)
+    return np.minimum(idx, count)
