@@ -57,3 +57,20 @@ def rotate_sign_up(bits: np.ndarray, width: int) -> np.ndarray:
     """Inverse of :func:`rotate_sign_down`."""
     one = bits.dtype.type(1)
     return (bits >> one) | ((bits & one) << bits.dtype.type(width - 1))
+
+
+_NUMPY_DTYPES = {
+    "BOOL": "?", "U8": "u1", "I8": "i1", "I16": "<i2", "U16": "<u2", "F16": "<f2",
+    "I32": "<i4", "U32": "<u4", "F32": "<f4", "I64": "<i8", "U64": "<u8", "F64": "<f8",
+    "C64": "<c8",
+}
+
+
+def numpy_dtype(dtype: str, path: str = "", name: str = "") -> np.dtype:
+    """NumPy dtype for a safetensors dtype; NumPy has no bfloat16 or float8."""
+    from .errors import UnsupportedError
+    if dtype not in _NUMPY_DTYPES:
+        raise UnsupportedError(
+            f"{path}: tensor {name!r}: NumPy has no {dtype} dtype; use framework='pt' "
+            "or get_bytes() for the raw bytes")
+    return np.dtype(_NUMPY_DTYPES[dtype])

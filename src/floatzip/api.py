@@ -1,0 +1,285 @@
+"""Public API: compress, decompress, verify, safe_open — files or model
+directories."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+
+import numpy as np
+
+from .codecs.encoded import EncodedTensor, checksum, decode_tensor, encode_tensor
+from .errors import CorruptDataError, FloatzipError, FormatError
+from .format import container
+from .format.safetensors_header import build_header, read_header
+from .io_utils import atomic_output, resolve_workers
+
+MANIFEST = "floatzip.json"
+
+
+def _progress(total, desc, enabled):
+    from tqdm import tqdm
+    return tqdm(total=total, desc=desc, unit="B", unit_scale=True, disable=not enabled,
+                leave=False)
+
+
+# -- single files --------------------------------------------------------------
+
+def _source_bytes(path: str, header) -> np.ndarray:
+    if header.data_start + header.data_bytes == 0:
+        return np.zeros(0, dtype=np.uint8)
+    return np.memmap(path, dtype=np.uint8, mode="r")
+
+
+def compress_file(src, dst, *, workers=None, backend=None, progress=False) -> dict:
+    """Compress one .safetensors file. Returns a summary dict."""
+    src, dst = os.fspath(src), os.fspath(dst)
+    workers = resolve_workers(workers)
+    try:
+        with open(src, "rb") as f:
+            header = read_header(f, src)
+    except OSError as exc:
+        raise FormatError(f"{src}: cannot read file: {exc.strerror or exc}") from None
+    if header.metadata and container.KEY_VERSION in header.metadata:
+        raise FormatError(f"{src}: already a floatzip file; decompress it first")
+    data = _source_bytes(src, header)
+    params, entries = {}, []
+    directory = os.path.dirname(os.path.abspath(dst))
+    # Blobs go to a scratch file as they are made (memory stays near one
+    # tensor), then behind the header once all sizes are known.
+    with tempfile.TemporaryFile(dir=directory) as scratch, \
+            _progress(header.data_bytes, os.path.basename(src), progress) as bar:
+        for name, entry in header.tensors.items():
+            region = data[header.data_start + entry.begin:header.data_start + entry.end]
+            enc = encode_tensor(region, entry.dtype, entry.shape, backend=backend, workers=workers)
+            nbytes = 0
+            for part in container.blob_parts(enc):
+                scratch.write(part.data)
+                nbytes += part.size
+            params[name] = container.tensor_params(enc)
+            entries.append((name, "U8", [nbytes], nbytes))
+            bar.update(entry.nbytes)
+        meta = container.floatzip_metadata(header.raw, params)
+        new_header = build_header(meta, entries)
+        with atomic_output(dst) as out:
+            out.write(len(new_header).to_bytes(8, "little"))
+            out.write(new_header)
+            scratch.seek(0)
+            shutil.copyfileobj(scratch, out, 16 << 20)
+    return {"original_bytes": os.path.getsize(src), "compressed_bytes": os.path.getsize(dst),
+            "tensors": len(params)}
+
+
+def decompress_file(src, dst, *, workers=None, backend=None, progress=False) -> dict:
+    """Restore the original .safetensors file, byte for byte."""
+    src, dst = os.fspath(src), os.fspath(dst)
+    workers = resolve_workers(workers)
+    fz = container.FloatzipFile(src)
+    source = fz.source
+    with atomic_output(dst) as out, _progress(source.data_bytes, os.path.basename(src), progress) as bar:
+        out.write(len(source.raw).to_bytes(8, "little"))
+        out.write(source.raw)
+        for name in source.tensors:      # in data-offset order: the output is sequential
+            out.write(_decode(fz, name, backend, workers).data)
+            bar.update(source.tensors[name].nbytes)
+    return {"original_bytes": os.path.getsize(dst), "compressed_bytes": os.path.getsize(src),
+            "tensors": len(source.tensors)}
+
+
+def _decode(fz: container.FloatzipFile, name: str, backend, workers, verify=True) -> np.ndarray:
+    try:
+        return decode_tensor(fz.encoded(name), backend=backend, workers=workers, verify=verify)
+    except CorruptDataError as exc:
+        raise CorruptDataError(f"{fz.path}: tensor {name!r}: {exc}") from None
+
+
+# -- directories ---------------------------------------------------------------
+
+def _is_floatzip(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            header = read_header(f, path)
+    except (OSError, FloatzipError):
+        return False
+    return bool(header.metadata and container.KEY_VERSION in header.metadata)
+
+
+def _walk(root: str):
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for fn in sorted(filenames):
+            full = os.path.join(dirpath, fn)
+            yield os.path.relpath(full, root), full
+
+
+def _process_directory(src, dst, file_fn, select, manifest_fn, **kw) -> dict:
+    if os.path.exists(dst) and not os.path.isdir(dst):
+        raise FormatError(f"{dst}: exists and is not a directory")
+    # Work in a temporary sibling and rename at the end: no half-written directory.
+    parent = os.path.dirname(os.path.abspath(dst))
+    staging = tempfile.mkdtemp(prefix="." + os.path.basename(os.path.abspath(dst)) + ".", dir=parent)
+    files = {}
+    try:
+        for rel, full in _walk(src):
+            if rel == MANIFEST:
+                continue
+            target = os.path.join(staging, rel)
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            if select(rel, full):
+                summary = file_fn(full, target, **kw)
+                files[rel] = summary
+            else:
+                shutil.copy2(full, target)
+        manifest_fn(staging, files)
+        if os.path.isdir(dst):
+            shutil.rmtree(dst)
+        os.replace(staging, dst)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return {"files": files,
+            "original_bytes": sum(s["original_bytes"] for s in files.values()),
+            "compressed_bytes": sum(s["compressed_bytes"] for s in files.values())}
+
+
+def _write_manifest(directory: str, files: dict) -> None:
+    doc = {"format": "floatzip", "version": container.FORMAT_VERSION, "files": files}
+    with open(os.path.join(directory, MANIFEST), "w") as f:
+        json.dump(doc, f, indent=2, sort_keys=True)
+
+
+def compress(src, dst, *, workers=None, backend=None, progress=False) -> dict:
+    """Compress a .safetensors file, or a model directory: every
+    ``*.safetensors`` file is compressed under its own name, every other file
+    copied, and a ``floatzip.json`` manifest written."""
+    src, dst = os.fspath(src), os.fspath(dst)
+    if os.path.isdir(src):
+        return _process_directory(src, dst, compress_file,
+                                  lambda rel, full: rel.endswith(".safetensors"),
+                                  _write_manifest, workers=workers, backend=backend,
+                                  progress=progress)
+    return compress_file(src, dst, workers=workers, backend=backend, progress=progress)
+
+
+def decompress(src, dst, *, workers=None, backend=None, progress=False) -> dict:
+    """Inverse of :func:`compress`, for a file or a compressed directory."""
+    src, dst = os.fspath(src), os.fspath(dst)
+    if os.path.isdir(src):
+        if not os.path.exists(os.path.join(src, MANIFEST)):
+            raise FormatError(f"{src}: not a floatzip model directory (no {MANIFEST}); "
+                              "compress it first with 'floatzip compress'")
+        return _process_directory(src, dst, decompress_file,
+                                  lambda rel, full: rel.endswith(".safetensors") and _is_floatzip(full),
+                                  lambda d, files: None, workers=workers, backend=backend,
+                                  progress=progress)
+    return decompress_file(src, dst, workers=workers, backend=backend, progress=progress)
+
+
+@dataclass
+class VerifyResult:
+    ok: bool
+    problems: list[str]
+
+
+def verify(original, compressed, *, workers=None, backend=None) -> VerifyResult:
+    """Decode ``compressed`` and compare it with ``original`` byte for byte
+    (files or directories). Never writes anything."""
+    original, compressed = os.fspath(original), os.fspath(compressed)
+    if os.path.isdir(original) != os.path.isdir(compressed):
+        return VerifyResult(False, [f"{original} and {compressed}: one is a directory, the other is not"])
+    if os.path.isdir(original):
+        problems = []
+        names_a = {rel for rel, _ in _walk(original)}
+        names_b = {rel for rel, _ in _walk(compressed)} - {MANIFEST}
+        for rel in sorted(names_a ^ names_b):
+            problems.append(f"{rel}: present in only one of the directories")
+        for rel in sorted(names_a & names_b):
+            problems += verify(os.path.join(original, rel), os.path.join(compressed, rel),
+                               workers=workers, backend=backend).problems
+        return VerifyResult(not problems, problems)
+    if not _is_floatzip(compressed):
+        same = _same_file_bytes(original, compressed)
+        return VerifyResult(same, [] if same else [f"{compressed}: differs from {original}"])
+    workers = resolve_workers(workers)
+    try:
+        fz = container.FloatzipFile(compressed)
+        with open(original, "rb") as f:
+            head = f.read(8 + len(fz.source.raw))
+            expected = len(fz.source.raw).to_bytes(8, "little") + fz.source.raw
+            if head != expected:
+                return VerifyResult(False, [f"{compressed}: header differs from {original}'s"])
+            if os.fstat(f.fileno()).st_size != fz.source.data_start + fz.source.data_bytes:
+                return VerifyResult(False, [f"{original}: size differs from what {compressed} restores"])
+            for name, entry in fz.source.tensors.items():
+                want = f.read(entry.nbytes)
+                got = _decode(fz, name, backend, workers)
+                if got.tobytes() != want:
+                    return VerifyResult(False, [f"{compressed}: tensor {name!r} differs from {original}"])
+    except FloatzipError as exc:
+        return VerifyResult(False, [str(exc)])
+    return VerifyResult(True, [])
+
+
+def _same_file_bytes(a: str, b: str) -> bool:
+    if os.path.getsize(a) != os.path.getsize(b):
+        return False
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        while True:
+            x, y = fa.read(1 << 20), fb.read(1 << 20)
+            if x != y:
+                return False
+            if not x:
+                return True
+
+
+# -- reading tensors -------------------------------------------------------------
+
+class safe_open:
+    """Read tensors from a floatzip file, mirroring ``safetensors.safe_open``::
+
+        with floatzip.safe_open("model.fz.safetensors", framework="pt") as f:
+            for name in f.keys():
+                tensor = f.get_tensor(name)
+    """
+
+    def __init__(self, path, framework: str = "np", device: str = "cpu", *,
+                 backend=None, workers: int | None = 1):
+        if framework not in ("np", "numpy", "pt", "torch"):
+            raise ValueError(f"framework must be 'np' or 'pt', not {framework!r}")
+        self._file = container.FloatzipFile(path)
+        self._framework = "pt" if framework in ("pt", "torch") else "np"
+        self._device = device
+        self._backend = backend
+        self._workers = resolve_workers(workers)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def keys(self) -> list[str]:
+        return list(self._file.source.tensors)
+
+    def metadata(self) -> dict[str, str] | None:
+        """The original file's ``__metadata__``."""
+        return self._file.source.metadata
+
+    def get_encoded(self, name: str) -> EncodedTensor:
+        """The tensor still coded (sections are views of the memory-mapped file)."""
+        return self._file.encoded(name)
+
+    def get_bytes(self, name: str) -> np.ndarray:
+        """The original little-endian bytes of a tensor, checksum-verified."""
+        return _decode(self._file, name, self._backend, self._workers)
+
+    def get_tensor(self, name: str):
+        entry = self._file._get(name).source
+        data = self.get_bytes(name)
+        if self._framework == "pt":
+            from .torch.dtypes import bytes_to_torch
+            return bytes_to_torch(data, entry.dtype, entry.shape, self._device)
+        from .dtypes import numpy_dtype
+        return data.view(numpy_dtype(entry.dtype, self._file.path, name)).reshape(entry.shape)

@@ -1,0 +1,152 @@
+"""The `floatzip` command line."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+from .errors import FloatzipError
+
+
+def _workers_arg(p):
+    p.add_argument("--workers", type=int, default=None,
+                   help="threads to use (default: all cores)")
+    p.add_argument("--backend", choices=["numba", "numpy"], default=None,
+                   help="coding back end (default: numba if available)")
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1000
+    return str(n)
+
+
+def cmd_compress(args) -> int:
+    from . import api
+    t0 = time.perf_counter()
+    s = api.compress(args.src, args.dst, workers=args.workers, backend=args.backend,
+                     progress=not args.quiet and sys.stderr.isatty())
+    dt = time.perf_counter() - t0
+    print(f"{args.src} -> {args.dst}: {_human(s['original_bytes'])} -> "
+          f"{_human(s['compressed_bytes'])} (ratio {s['compressed_bytes'] / max(s['original_bytes'], 1):.4f}) "
+          f"in {dt:.2f} s, {s['original_bytes'] / dt / 1e6:.0f} MB/s")
+    return 0
+
+
+def cmd_decompress(args) -> int:
+    from . import api
+    t0 = time.perf_counter()
+    s = api.decompress(args.src, args.dst, workers=args.workers, backend=args.backend,
+                       progress=not args.quiet and sys.stderr.isatty())
+    dt = time.perf_counter() - t0
+    print(f"{args.src} -> {args.dst}: {_human(s['original_bytes'])} restored in {dt:.2f} s, "
+          f"{s['original_bytes'] / dt / 1e6:.0f} MB/s")
+    return 0
+
+
+def cmd_verify(args) -> int:
+    from . import api
+    result = api.verify(args.original, args.compressed, workers=args.workers, backend=args.backend)
+    if result.ok:
+        print(f"OK: {args.compressed} restores {args.original} bit for bit")
+        return 0
+    for problem in result.problems:
+        print(f"MISMATCH: {problem}", file=sys.stderr)
+    return 1
+
+
+def cmd_info(args) -> int:
+    from .info import print_info
+    return print_info(args.path, bound=not args.no_bound, per_tensor=not args.summary,
+                      backend=args.backend)
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+    return run_demo(workers=args.workers, keep=args.keep)
+
+
+def cmd_run(args) -> int:
+    from .torch.run import run_text
+    return run_text(args.path, args.text, max_new_tokens=args.max_new_tokens,
+                    device=args.device, decode=args.decode)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+    parser = argparse.ArgumentParser(
+        prog="floatzip",
+        description="Lossless compression of neural-network weights (safetensors).")
+    parser.add_argument("--version", action="version", version=f"floatzip {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("compress", help="compress a .safetensors file or a model directory")
+    p.add_argument("src")
+    p.add_argument("dst")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _workers_arg(p)
+    p.set_defaults(func=cmd_compress)
+
+    p = sub.add_parser("decompress", help="restore the original file or directory, byte for byte")
+    p.add_argument("src")
+    p.add_argument("dst")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _workers_arg(p)
+    p.set_defaults(func=cmd_decompress)
+
+    p = sub.add_parser("verify", help="exit 0 only if COMPRESSED restores ORIGINAL bit for bit")
+    p.add_argument("original")
+    p.add_argument("compressed")
+    _workers_arg(p)
+    p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("info", help="per-tensor ratio, bits/weight and the entropy bound")
+    p.add_argument("path")
+    p.add_argument("--no-bound", action="store_true",
+                   help="skip the entropy bound (it needs decoding every tensor)")
+    p.add_argument("--summary", action="store_true", help="totals only")
+    p.add_argument("--backend", choices=["numba", "numpy"], default=None)
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("demo", help="compress the bundled all-MiniLM-L6-v2 model and check it")
+    p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--keep", metavar="DIR", default=None,
+                   help="keep the demo's files in DIR instead of a temporary directory")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("run", help="run a compressed model directory on some text")
+    p.add_argument("path")
+    p.add_argument("--text", required=True)
+    p.add_argument("--max-new-tokens", type=int, default=20)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--decode", choices=["on_the_fly", "at_load"], default="on_the_fly")
+    p.set_defaults(func=cmd_run)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except FloatzipError as exc:
+        print(f"floatzip: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyError as exc:
+        print(f"floatzip: error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as exc:
+        print(f"floatzip: error: {exc.filename}: no such file or directory", file=sys.stderr)
+        return 2
+    except (IsADirectoryError, NotADirectoryError, PermissionError) as exc:
+        print(f"floatzip: error: {exc.filename}: {exc.strerror}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("floatzip: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,85 @@
+"""A tensor in coded form, and the codec entry points that produce and
+consume it. The container (format/) turns EncodedTensor into bytes and back;
+back ends (backends/) do the heavy lifting."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import xxhash
+
+from .. import backends
+from ..dtypes import FLOAT_LAYOUTS, ITEMSIZE
+from ..errors import CorruptDataError
+from . import model
+from .layout import CodedGeometry
+
+CODEC_TANS = "tans"
+CODEC_RAW = "raw"
+
+
+@dataclass
+class EncodedTensor:
+    dtype: str                      # safetensors dtype of the original tensor
+    shape: tuple[int, ...]
+    codec: str                      # CODEC_TANS or CODEC_RAW
+    checksum: int                   # xxh3_64 of the original tensor bytes
+    geometry: CodedGeometry | None = None   # tans only
+    counts: np.ndarray | None = None        # tans: uint16[table_symbols]
+    lane_sizes: np.ndarray | None = None    # tans: uint16[lanes]
+    payload: np.ndarray | None = None       # tans: uint8[payload_bytes]
+    raw: np.ndarray | None = None           # tans: packed raw fields; raw codec: the original bytes
+
+    @property
+    def count(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    @property
+    def original_bytes(self) -> int:
+        return self.count * ITEMSIZE[self.dtype]
+
+
+def checksum(data: np.ndarray) -> int:
+    return xxhash.xxh3_64_intdigest(np.ascontiguousarray(data).view(np.uint8).data)
+
+
+def encode_tensor(data: np.ndarray, dtype: str, shape, *, backend=None, workers: int = 1,
+                  table_log: int = model.DEFAULT_TABLE_LOG,
+                  lane_symbols: int = model.DEFAULT_LANE_SYMBOLS) -> EncodedTensor:
+    """Encode one tensor given as its little-endian bytes (uint8, any shape)."""
+    raw_bytes = np.ascontiguousarray(data).reshape(-1).view(np.uint8)
+    shape = tuple(int(d) for d in shape)
+    digest = checksum(raw_bytes)
+    layout = FLOAT_LAYOUTS.get(dtype)
+    if layout is not None:
+        bits = raw_bytes.view(layout.storage)
+        choice = model.choose_coding(bits, layout, table_log=table_log, lane_symbols=lane_symbols)
+        if choice is not None:
+            impl = backends.get(backend)
+            args = dict(width=layout.width, symbol_bits=choice.symbol_bits,
+                        table_log=choice.table_log, first_symbol=choice.first_symbol,
+                        lane_symbols=choice.lane_symbols)
+            lane_sizes, payload, raw = impl.encode(bits, args, choice.counts, workers=workers)
+            geometry = model.geometry_for(choice, layout, bits.size, int(payload.size))
+            if geometry.blob_bytes < raw_bytes.size:
+                return EncodedTensor(dtype, shape, CODEC_TANS, digest, geometry,
+                                     choice.counts, lane_sizes, payload, raw)
+    return EncodedTensor(dtype, shape, CODEC_RAW, digest, raw=raw_bytes)
+
+
+def decode_tensor(enc: EncodedTensor, *, backend=None, workers: int = 1,
+                  verify: bool = True) -> np.ndarray:
+    """Original bytes (uint8, flat) of a validated EncodedTensor."""
+    if enc.codec == CODEC_RAW:
+        out = np.asarray(enc.raw, dtype=np.uint8)
+    else:
+        layout = FLOAT_LAYOUTS[enc.dtype]
+        impl = backends.get(backend)
+        bits = impl.decode(enc.geometry, enc.counts, enc.lane_sizes, enc.payload, enc.raw,
+                           layout.storage, workers=workers)
+        out = bits.view(np.uint8)
+    if verify and checksum(out) != enc.checksum:
+        raise CorruptDataError(
+            f"decoded bytes fail their xxh3-64 checksum (expected {enc.checksum:016x}, "
+            f"got {checksum(out):016x})")
+    return out

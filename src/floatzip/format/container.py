@@ -1,0 +1,247 @@
+"""floatzip file format v1: a safetensors file whose tensors are coded blobs.
+
+See docs/FORMAT.md. The file's ``__metadata__`` holds
+  * ``floatzip.version``: "1";
+  * ``floatzip.source_header``: the original file's header JSON, verbatim,
+    so decompression restores the original file byte for byte;
+  * ``floatzip.tensors``: JSON object, tensor name -> coding parameters.
+Each tensor is stored as a U8 tensor of the same name holding its blob.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..codecs import tans
+from ..codecs.encoded import CODEC_RAW, CODEC_TANS, EncodedTensor
+from ..codecs.layout import MAX_LANE_SYMBOLS, CodedGeometry, pad8
+from ..dtypes import FLOAT_LAYOUTS
+from ..errors import FormatError, UnsupportedError
+from .safetensors_header import Header, parse_header_bytes, read_header
+
+FORMAT_VERSION = 1
+KEY_VERSION = "floatzip.version"
+KEY_SOURCE_HEADER = "floatzip.source_header"
+KEY_TENSORS = "floatzip.tensors"
+
+_TANS_FIELDS = ("codec", "symbol_bits", "table_log", "first_symbol", "table_symbols",
+                "lane_symbols", "payload_bytes", "xxh3")
+
+
+# -- writing -----------------------------------------------------------------
+
+def tensor_params(enc: EncodedTensor) -> dict:
+    if enc.codec == CODEC_RAW:
+        return {"codec": CODEC_RAW, "xxh3": f"{enc.checksum:016x}"}
+    g = enc.geometry
+    return {"codec": CODEC_TANS, "symbol_bits": g.symbol_bits, "table_log": g.table_log,
+            "first_symbol": g.first_symbol, "table_symbols": g.table_symbols,
+            "lane_symbols": g.lane_symbols, "payload_bytes": g.payload_bytes,
+            "xxh3": f"{enc.checksum:016x}"}
+
+
+def blob_parts(enc: EncodedTensor) -> list[np.ndarray]:
+    """The blob of a tensor as a list of byte arrays to write in order."""
+    if enc.codec == CODEC_RAW:
+        return [np.asarray(enc.raw, dtype=np.uint8)]
+    parts = []
+    for section in (enc.counts.astype("<u2"), enc.lane_sizes.astype("<u2"), enc.payload, enc.raw):
+        data = np.ascontiguousarray(section).view(np.uint8).reshape(-1)
+        parts.append(data)
+        parts.append(np.zeros(pad8(data.size) - data.size, dtype=np.uint8))
+    return parts
+
+
+def floatzip_metadata(source_header: bytes, params: dict[str, dict]) -> dict[str, str]:
+    return {
+        KEY_VERSION: str(FORMAT_VERSION),
+        KEY_SOURCE_HEADER: source_header.decode("utf-8"),
+        KEY_TENSORS: json.dumps(params, separators=(",", ":")),
+    }
+
+
+# -- reading -----------------------------------------------------------------
+
+@dataclass(frozen=True)
+class StoredTensor:
+    """A tensor as a floatzip file stores it: where its blob lies and how it
+    is coded. ``source`` describes the original tensor."""
+    name: str
+    source: "object"        # safetensors_header.TensorEntry of the original file
+    params: dict
+    blob_begin: int         # absolute offset of the blob in the floatzip file
+    blob_bytes: int
+    geometry: CodedGeometry | None
+
+
+class FloatzipFile:
+    """An open, validated floatzip file. Tensors are read lazily from a
+    memory map, one at a time."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = os.fspath(path)
+        where = self.path
+        try:
+            size = os.path.getsize(self.path)
+            with open(self.path, "rb") as f:
+                header = read_header(f, where, size)
+        except OSError as exc:
+            raise FormatError(f"{where}: cannot read file: {exc.strerror or exc}") from None
+        meta = header.metadata or {}
+        if KEY_VERSION not in meta:
+            raise FormatError(
+                f"{where}: not a floatzip file (a safetensors file without "
+                f"'{KEY_VERSION}' metadata); compress it first with 'floatzip compress'")
+        version = meta[KEY_VERSION]
+        if version != str(FORMAT_VERSION):
+            raise UnsupportedError(
+                f"{where}: floatzip format version {version!r} is not supported by this "
+                f"floatzip (reads version {FORMAT_VERSION}); upgrade floatzip")
+        for key in (KEY_SOURCE_HEADER, KEY_TENSORS):
+            if key not in meta:
+                raise FormatError(f"{where}: floatzip metadata lacks '{key}'")
+        self.header = header
+        self.source = parse_header_bytes(meta[KEY_SOURCE_HEADER].encode("utf-8"),
+                                         f"{where} (original header)")
+        try:
+            params = json.loads(meta[KEY_TENSORS])
+        except json.JSONDecodeError as exc:
+            raise FormatError(f"{where}: '{KEY_TENSORS}' is not valid JSON ({exc})") from None
+        if not isinstance(params, dict):
+            raise FormatError(f"{where}: '{KEY_TENSORS}' must be a JSON object")
+        names = set(self.source.tensors)
+        if set(params) != names or set(header.tensors) != names:
+            missing = sorted(names ^ set(params) | names ^ set(header.tensors))
+            raise FormatError(f"{where}: the original header, '{KEY_TENSORS}' and the stored "
+                              f"tensors do not list the same names (differ on {missing[:5]})")
+        self.tensors: dict[str, StoredTensor] = {}
+        for name, source in self.source.tensors.items():
+            stored = header.tensors[name]
+            if stored.dtype != "U8" or len(stored.shape) != 1:
+                raise FormatError(f"{where}: tensor {name!r}: stored as {stored.dtype} "
+                                  f"{list(stored.shape)}, expected a 1-D U8 blob")
+            geometry = _validate_params(name, params[name], source, stored.nbytes, where)
+            self.tensors[name] = StoredTensor(name, source, params[name],
+                                              header.data_start + stored.begin, stored.nbytes,
+                                              geometry)
+        self._map = None
+
+    # Memory map on first use, so that opening a file to list it costs nothing.
+    def _bytes(self) -> np.ndarray:
+        if self._map is None:
+            if self.header.data_start + self.header.data_bytes == 0:
+                self._map = np.zeros(0, dtype=np.uint8)
+            else:
+                self._map = np.memmap(self.path, dtype=np.uint8, mode="r")
+        return self._map
+
+    def encoded(self, name: str) -> EncodedTensor:
+        """The stored form of one tensor, its sections as views of the file,
+        with every size and the code table validated."""
+        t = self._get(name)
+        blob = self._bytes()[t.blob_begin:t.blob_begin + t.blob_bytes]
+        checksum = int(t.params["xxh3"], 16)
+        shape = t.source.shape
+        if t.geometry is None:
+            return EncodedTensor(t.source.dtype, shape, CODEC_RAW, checksum, raw=blob)
+        g = t.geometry
+        sec = g.sections()
+
+        def section(key, dtype="<u1"):
+            off, length = sec[key]
+            return blob[off:off + length].view(dtype)
+
+        where = f"{self.path}: tensor {name!r}"
+        padding = np.concatenate([blob[off + length:pad8(off + length)]
+                                  for off, length in (sec[k] for k in ("counts", "lane_sizes", "payload", "raw"))])
+        if padding.any():
+            raise FormatError(f"{where}: non-zero padding between blob sections")
+        counts = section("counts", "<u2")
+        _validate_counts(counts, g, where)
+        lane_sizes = section("lane_sizes", "<u2")
+        total = int(lane_sizes.sum(dtype=np.int64))
+        if total != g.payload_bytes:
+            raise FormatError(f"{where}: lane sizes add up to {total} bytes but payload_bytes "
+                              f"is {g.payload_bytes}")
+        longest = (g.table_log * (g.lane_symbols + 1) + 7) // 8
+        if lane_sizes.size and int(lane_sizes.max()) > longest:
+            lane = int(np.argmax(lane_sizes))
+            raise FormatError(f"{where}: lane {lane} claims {int(lane_sizes[lane])} bytes; a lane of "
+                              f"{g.lane_symbols} symbols holds at most {longest}")
+        raw = section("raw")
+        spare = (-g.count * g.raw_bits) % 8
+        if spare and raw.size and int(raw[-1]) >> (8 - spare):
+            raise FormatError(f"{where}: non-zero unused bits at the end of the raw section")
+        return EncodedTensor(t.source.dtype, shape, CODEC_TANS, checksum, g,
+                             counts, lane_sizes, section("payload"), raw)
+
+    def _get(self, name: str) -> StoredTensor:
+        try:
+            return self.tensors[name]
+        except KeyError:
+            raise KeyError(f"{self.path}: no tensor named {name!r}") from None
+
+
+def _validate_params(name: str, params, source, blob_bytes: int, where: str) -> CodedGeometry | None:
+    def bad(msg):
+        return FormatError(f"{where}: tensor {name!r}: {msg}")
+    if not isinstance(params, dict):
+        raise bad("coding parameters are not a JSON object")
+    codec = params.get("codec")
+    xxh = params.get("xxh3")
+    if not (isinstance(xxh, str) and len(xxh) == 16 and all(c in "0123456789abcdef" for c in xxh)):
+        raise bad(f"'xxh3' must be 16 lowercase hex digits, found {xxh!r}")
+    if codec == CODEC_RAW:
+        if set(params) != {"codec", "xxh3"}:
+            raise bad(f"unexpected fields for codec raw: {sorted(set(params) - {'codec', 'xxh3'})}")
+        if blob_bytes != source.nbytes:
+            raise bad(f"raw blob is {blob_bytes} bytes, the tensor needs {source.nbytes}")
+        return None
+    if codec != CODEC_TANS:
+        raise UnsupportedError(f"{where}: tensor {name!r}: unknown codec {codec!r}; this "
+                               "floatzip knows 'tans' and 'raw' (upgrade floatzip?)")
+    if set(params) != set(_TANS_FIELDS):
+        raise bad(f"codec tans needs exactly the fields {list(_TANS_FIELDS)}, found {sorted(params)}")
+    for key in _TANS_FIELDS[1:-1]:
+        if type(params[key]) is not int:
+            raise bad(f"'{key}' must be an integer, found {params[key]!r}")
+    layout = FLOAT_LAYOUTS.get(source.dtype)
+    if layout is None:
+        raise bad(f"codec tans is not defined for dtype {source.dtype}")
+    limits = {
+        "symbol_bits": (1, min(layout.width, tans.MAX_SYMBOL_BITS)),
+        "table_log": (tans.MIN_TABLE_LOG, tans.MAX_TABLE_LOG),
+        "lane_symbols": (1, MAX_LANE_SYMBOLS),
+        "table_symbols": (1, 1 << params["symbol_bits"] if isinstance(params["symbol_bits"], int) else 1),
+        "first_symbol": (0, (1 << tans.MAX_SYMBOL_BITS) - 1),
+        "payload_bytes": (0, 1 << 62),
+    }
+    for key, (lo, hi) in limits.items():
+        if not lo <= params[key] <= hi:
+            raise bad(f"'{key}' = {params[key]} is outside [{lo}, {hi}]")
+    if params["first_symbol"] + params["table_symbols"] > 1 << params["symbol_bits"]:
+        raise bad(f"symbols {params['first_symbol']}..{params['first_symbol'] + params['table_symbols'] - 1} "
+                  f"do not fit in {params['symbol_bits']} bits")
+    count = int(np.prod(source.shape, dtype=object)) if source.shape else 1
+    geometry = CodedGeometry(count=count, width=layout.width, symbol_bits=params["symbol_bits"],
+                             table_log=params["table_log"], first_symbol=params["first_symbol"],
+                             table_symbols=params["table_symbols"],
+                             lane_symbols=params["lane_symbols"],
+                             payload_bytes=params["payload_bytes"])
+    longest = geometry.lanes * ((geometry.table_log * (geometry.lane_symbols + 1) + 7) // 8)
+    if geometry.payload_bytes > longest:
+        raise bad(f"payload_bytes {geometry.payload_bytes} exceeds the most {longest} that "
+                  f"{geometry.lanes} lanes can hold")
+    if blob_bytes != geometry.blob_bytes:
+        raise bad(f"blob is {blob_bytes} bytes but its parameters need {geometry.blob_bytes}")
+    return geometry
+
+
+def _validate_counts(counts: np.ndarray, g: CodedGeometry, where: str) -> None:
+    total = int(counts.sum(dtype=np.int64))
+    if total != 1 << g.table_log:
+        raise FormatError(f"{where}: symbol counts add up to {total}, expected 2^{g.table_log} "
+                          f"= {1 << g.table_log}")

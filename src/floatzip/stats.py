@@ -1,0 +1,35 @@
+"""Order-0 entropy bounds, used by `floatzip info` and the benchmarks."""
+from __future__ import annotations
+
+import numpy as np
+
+from .dtypes import FLOAT_LAYOUTS
+
+
+def entropy_bits(values: np.ndarray) -> float:
+    """Total order-0 entropy of ``values`` in bits."""
+    counts = np.bincount(values.ravel())
+    counts = counts[counts > 0].astype(np.float64)
+    if counts.size <= 1:
+        return 0.0
+    return float(-(counts * np.log2(counts / counts.sum())).sum())
+
+
+def exponent_bound_bits(data: np.ndarray, dtype: str) -> float | None:
+    """Bits for a tensor (original bytes) if its exponent were coded at its
+    order-0 entropy and every other bit stored as is; None if not a float."""
+    layout = FLOAT_LAYOUTS.get(dtype)
+    if layout is None:
+        return None
+    bits = data.view(layout.storage)
+    exponent = (bits >> layout.storage.type(layout.mantissa_bits)) & layout.storage.type(
+        (1 << layout.exponent_bits) - 1)
+    return entropy_bits(exponent) + bits.size * (layout.width - layout.exponent_bits)
+
+
+def value_bound_bits(data: np.ndarray, dtype: str) -> float | None:
+    """Order-0 entropy of whole values, for 8- and 16-bit floats."""
+    layout = FLOAT_LAYOUTS.get(dtype)
+    if layout is None or layout.width > 16:
+        return None
+    return entropy_bits(data.view(layout.storage))
