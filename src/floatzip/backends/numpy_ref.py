@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..codecs import tans
-from ..codecs.layout import CodedGeometry, lane_order, lane_symbol_counts
+from ..codecs.layout import LANES, CodedGeometry, lane_order, lane_symbol_counts
 from ..dtypes import rotate_sign_down, rotate_sign_up
 from ..errors import CorruptDataError
 
@@ -28,11 +28,35 @@ def pack_raw(raw: np.ndarray, raw_bits: int) -> np.ndarray:
 
 
 def unpack_raw(packed: np.ndarray, count: int, raw_bits: int, dtype) -> np.ndarray:
+    """Inverse of pack_raw: field ``i`` is the ``raw_bits`` bits at bit
+    ``i * raw_bits``, least significant first."""
     if raw_bits == 0:
         return np.zeros(count, dtype=dtype)
-    planes = np.unpackbits(packed, count=count * raw_bits, bitorder="little")
-    weights = (np.uint64(1) << np.arange(raw_bits, dtype=np.uint64))
-    return (planes.reshape(count, raw_bits).astype(np.uint64) @ weights).astype(dtype)
+    # Every 8 fields fill exactly ``raw_bits`` bytes, so view the bytes as rows
+    # of 8 fields; field j of a row starts at bit j * raw_bits of the row.
+    rows = -(-count // 8)
+    data = np.zeros(rows * raw_bits, dtype=np.uint8)
+    data[:packed.size] = packed
+    data = data.reshape(rows, raw_bits)
+    wide = np.uint32 if raw_bits <= 24 else np.uint64
+    out = np.empty((rows, 8), dtype=wide)
+    for j in range(8):
+        first, shift = divmod(j * raw_bits, 8)
+        value = np.zeros(rows, dtype=wide)
+        for k in range((shift + raw_bits + 7) // 8):
+            value |= data[:, first + k].astype(wide) << wide(8 * k)
+        out[:, j] = (value >> wide(shift)) & wide((1 << raw_bits) - 1)
+    return out.reshape(-1)[:count].astype(dtype)
+
+
+def byte_windows(data: np.ndarray, width: int) -> np.ndarray:
+    """``w[j]`` = bytes ``j .. j+width-1`` as a little-endian integer (bytes
+    past the end read as zero), for every ``j``; width <= 4."""
+    padded = np.concatenate((np.asarray(data, dtype=np.uint8), np.zeros(width, dtype=np.uint8)))
+    window = np.zeros(len(data) + 1, dtype=np.uint32)
+    for k in range(width):
+        window |= padded[k:k + len(window)].astype(np.uint32) << np.uint32(8 * k)
+    return window
 
 
 # -- symbols ---------------------------------------------------------------
@@ -98,46 +122,42 @@ def encode(bits: np.ndarray, geometry_args: dict, counts: np.ndarray, workers: i
     return lane_sizes.astype(np.uint16), payload, packed_raw
 
 
-def read_bits(payload: np.ndarray, position: np.ndarray, nbits: np.ndarray) -> np.ndarray:
-    """Read ``nbits`` (<= 12) bits at bit ``position``, LSB first. ``payload``
-    must carry 3 bytes of slack past the last position read."""
-    byte = position >> 3
-    window = (payload[byte].astype(np.int64)
-              | (payload[byte + 1].astype(np.int64) << 8)
-              | (payload[byte + 2].astype(np.int64) << 16))
-    return (window >> (position & 7)) & ((1 << nbits) - 1)
-
-
 def decode(geometry: CodedGeometry, counts: np.ndarray, lane_sizes: np.ndarray,
            payload: np.ndarray, raw: np.ndarray, dtype, workers: int = 1) -> np.ndarray:
     """Decode validated sections into the values' bits (``dtype``, flat).
     Raises CorruptDataError if a lane does not end exactly where it should."""
     n = geometry.count
-    table = tans.build_decode_table(counts, geometry.first_symbol, geometry.table_log)
-    base = (table & tans.ENTRY_BASE_MASK).astype(np.int64)
-    entry_nbits = ((table >> tans.ENTRY_NBITS_SHIFT) & 0xF).astype(np.int64)
-    entry_symbol = (table >> tans.ENTRY_SYMBOL_SHIFT).astype(np.int64)
+    dtype = np.dtype(dtype)
+    size = 1 << geometry.table_log
+    # One extra entry, index ``size``: a lane that has decoded all its symbols
+    # parks there (0 bits, next state ``size`` again), so the loop needs no masks.
+    table = np.append(tans.build_decode_table(counts, geometry.first_symbol, geometry.table_log)
+                      .astype(np.int64), size)
 
     per_lane = lane_symbol_counts(n, geometry.lane_symbols)
     sizes = lane_sizes.astype(np.int64)
     lane_start = np.concatenate(([0], np.cumsum(sizes)[:-1])) * 8
-    # Slack so that a corrupt stream overrunning its lane reads zeros, not
-    # past the array; the end-of-lane check below then rejects it.
+    # A read at bit p takes the 3 bytes from p >> 3: <= 12 bits at offset <= 7.
+    # A corrupt stream can overrun its lane by at most lane_symbols * 12 bits;
+    # reads past the payload see zeros, and the end-of-lane check rejects it.
     slack = geometry.lane_symbols * tans.MAX_TABLE_LOG // 8 + 8
-    data = np.concatenate((payload, np.zeros(slack, dtype=np.uint8)))
+    window = byte_windows(np.concatenate((payload, np.zeros(slack, dtype=np.uint8))), 3)
 
     lanes = per_lane.size
-    has_symbols = per_lane > 0
     position = lane_start.copy()
-    state = np.where(has_symbols, read_bits(data, position, np.full(lanes, geometry.table_log)), 0)
-    position += np.where(has_symbols, geometry.table_log, 0)
-    lane_syms = np.zeros((lanes, geometry.lane_symbols), dtype=np.int64)
+    state = np.where(per_lane > 0, (window[position >> 3] >> (position & 7)).astype(np.int64) & (size - 1), size)
+    position += np.where(per_lane > 0, geometry.table_log, 0)
+    lane_syms = np.zeros((geometry.lane_symbols, lanes), dtype=np.uint16)
     for step in range(geometry.lane_symbols):
-        active = step < per_lane
-        lane_syms[:, step] = entry_symbol[state]
-        nb = np.where(active, entry_nbits[state], 0)
-        state = np.where(active, base[state] + read_bits(data, position, nb), state)
-        position += nb
+        ending = per_lane == step
+        if step and ending.any():
+            state[ending] = size
+        entry = table[state]
+        lane_syms[step] = entry >> tans.ENTRY_SYMBOL_SHIFT
+        nbits = (entry >> tans.ENTRY_NBITS_SHIFT) & 0xF
+        bits = (window[position >> 3] >> (position & 7)).astype(np.int64) & ((1 << nbits) - 1)
+        state = (entry & tans.ENTRY_BASE_MASK) + bits
+        position += nbits
 
     used_bits = position - lane_start
     if np.any((used_bits + 7) // 8 != sizes):
@@ -146,12 +166,12 @@ def decode(geometry: CodedGeometry, counts: np.ndarray, lane_sizes: np.ndarray,
             f"lane {bad}: decoding used {int(used_bits[bad])} bits but the lane holds "
             f"{int(sizes[bad])} bytes")
     tail = (-used_bits) % 8
-    if np.any(read_bits(data, position, tail) != 0):
+    if np.any((window[position >> 3] >> (position & 7)).astype(np.int64) & ((1 << tail) - 1)):
         raise CorruptDataError("non-zero padding bits at the end of a lane")
 
-    order = lane_order(n, geometry.lane_symbols)
-    symbols = np.empty(n + 1, dtype=np.int64)
-    symbols[order] = lane_syms
-    raw_vals = unpack_raw(raw, n, geometry.raw_bits, np.int64)
-    rotated = ((symbols[:n] << geometry.raw_bits) | raw_vals).astype(dtype)
+    # [step, group, lane] -> value order: value g*32*K + 32*step + lane.
+    symbols = lane_syms.reshape(geometry.lane_symbols, geometry.groups, LANES)
+    symbols = symbols.transpose(1, 0, 2).reshape(-1)[:n]
+    raw_vals = unpack_raw(raw, n, geometry.raw_bits, dtype)
+    rotated = (symbols.astype(dtype) << dtype.type(geometry.raw_bits)) | raw_vals
     return rotate_sign_up(rotated, geometry.width)

@@ -1,0 +1,633 @@
+"""GPU decoder in Triton: coded tensors stay compressed in device memory and
+are decoded there, all tensors of a transformer block in one launch.
+
+The kernel is the twin of ``numpy_ref.decode``: one GPU thread per tANS lane,
+all lanes of a group advancing one symbol per step, so that the 32 threads of
+a warp decode one group and write 32 consecutive outputs per step.
+
+Host API
+--------
+``DeviceCodedTensor(enc, device, name=None)``
+    One EncodedTensor moved to a device, still compressed: its decode table
+    (int32[2**table_log], entries as in codecs/tans.py), the start bit of each
+    lane (int64[lanes + 1], the last entry is the payload's end), the payload
+    and the packed raw fields as int32 words with zero slack after them.
+    A ``raw``-codec tensor is a device copy of its bytes.
+    ``.decode(out=None) -> torch.Tensor`` decodes it (one launch).
+
+``DeviceBlockDecoder(tensors, *, groups_per_program=4, num_warps=4)``
+    Concatenates the buffers of several DeviceCodedTensors (one transformer
+    block, say) once, and builds one descriptor row per program.
+    ``DeviceBlockDecoder.from_encoded(encoded, device, names=None)`` does the
+    same from EncodedTensors with a single upload per buffer.
+    ``.decode(out=None) -> list[torch.Tensor]`` runs ONE launch for every
+    tans-coded tensor, on torch's current stream, into ``out`` (a uint8
+    buffer of ``.out_nbytes`` bytes, ``.new_output()`` makes one) or into a
+    buffer the decoder allocates once and reuses. It returns views of that
+    buffer, in the order of ``tensors``; a raw-codec tensor comes back as a
+    view of its stored bytes (no copy: do not write to it). Nothing in it
+    waits for the device.
+    ``.check()`` waits for the device and raises CorruptDataError if any
+    lane decoded since the last check did not end exactly where its size
+    says, or left non-zero padding bits (the checks numpy_ref makes).
+
+``decode(geometry, counts, lane_sizes, payload, raw, dtype, workers=1)``
+    The back-end interface of ``floatzip.backends`` (numpy in, numpy out),
+    on the default CUDA device; it synchronises, so it is for tests and
+    tools, not for the hot path. ``encode`` raises UnsupportedError.
+
+Without a GPU, set TRITON_INTERPRET=1: the same kernel then runs in Triton's
+interpreter on CPU torch tensors (device="cpu" is accepted only then). The
+mode is read at launch, not at import, so a test can switch it.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+import triton
+import triton.language as tl
+
+from ..codecs import tans
+from ..codecs.encoded import CODEC_RAW, CODEC_TANS, EncodedTensor
+from ..codecs.layout import LANES, MAX_LANE_SYMBOLS, CodedGeometry
+from ..dtypes import FLOAT_LAYOUTS, ITEMSIZE
+from ..errors import CorruptDataError, FloatzipError, FormatError, UnsupportedError
+
+name = "triton"
+
+# Output slots of a block start on this boundary (bytes): every dtype view is
+# aligned, and the weights are as aligned as a fresh allocation would be.
+SLOT_ALIGN = 256
+# Largest tensor the kernel indexes with 32-bit value offsets.
+MAX_COUNT = 2**31 - 2**20
+
+TORCH_DTYPES = {
+    "BOOL": torch.bool, "U8": torch.uint8, "I8": torch.int8, "I16": torch.int16,
+    "I32": torch.int32, "I64": torch.int64, "F16": torch.float16, "BF16": torch.bfloat16,
+    "F32": torch.float32, "F64": torch.float64, "C64": torch.complex64,
+    "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+}
+for _name, _attr in (("U16", "uint16"), ("U32", "uint32"), ("U64", "uint64"),
+                     ("F8_E8M0", "float8_e8m0fnu")):
+    if hasattr(torch, _attr):
+        TORCH_DTYPES[_name] = getattr(torch, _attr)
+
+
+class OutputBufferError(FloatzipError, ValueError):
+    """An output buffer handed to the decoder has the wrong device, dtype,
+    layout or size."""
+
+
+# -- the kernel ----------------------------------------------------------------
+
+# Columns of a descriptor row; one row per program, all int64.
+DESC_TABLE = 0       # first entry of the tensor's decode table in the table buffer
+DESC_TABLE_LOG = 1   # log2 of its size; initial states are this many bits
+DESC_LANE = 2        # index of the program's first lane in the lane-start buffer
+DESC_RAW_BIT = 3     # bit of the tensor's value 0 in the raw-field buffer
+DESC_RAW_BITS = 4    # raw field width (width - symbol_bits)
+DESC_FIRST = 5       # tensor's value index of the program's first value
+DESC_LEFT = 6        # values from there to the end of the program's groups or of the tensor
+DESC_K = 7           # lane_symbols: symbols per full lane
+DESC_OUT = 8         # output byte offset of the program's first value
+DESC_WIDTH = 9       # bits per value: 8, 16 or 32
+DESC_GROUPS = 10     # groups this program decodes (<= GROUPS)
+DESC_STEPS = 11      # steps the program runs: min(K, ceil(LEFT / 32)), less than K in a tail
+DESC_FIELDS = 16     # row length (padded)
+
+
+def _decode_kernel(
+    desc_ptr,       # int64[programs, DESC_FIELDS]: what each program decodes (DESC_* columns)
+    table_ptr,      # int32: decode tables of all tensors, concatenated
+    lane_ptr,       # int64: absolute start bit of every lane, plus one end entry per tensor
+    payload_ptr,    # int32: tANS payload words of all tensors, with zero slack after each
+    raw_ptr,        # int32: packed raw-field words of all tensors, with zero slack after each
+    out_ptr,        # uint8: output bytes; each tensor's slot is aligned to its value width
+    err_ptr,        # int32[1]: incremented by the number of lanes that end wrongly
+    DESC_FIELDS: tl.constexpr,  # row length of desc
+    GROUPS: tl.constexpr,       # groups of 32 lanes per program (one lane per thread)
+):
+    row = desc_ptr + tl.program_id(0) * DESC_FIELDS
+    table = table_ptr + tl.load(row + 0)
+    table_log = tl.load(row + 1).to(tl.int32)
+    lane_first = tl.load(row + 2)
+    raw_bit0 = tl.load(row + 3)
+    raw_bits = tl.load(row + 4).to(tl.int32)
+    first = tl.load(row + 5)
+    left = tl.load(row + 6).to(tl.int32)
+    k = tl.load(row + 7).to(tl.int32)
+    out = out_ptr + tl.load(row + 8)
+    width = tl.load(row + 9).to(tl.int32)
+    groups = tl.load(row + 10).to(tl.int32)
+    steps = tl.load(row + 11).to(tl.int32)
+
+    lane = tl.arange(0, GROUPS * 32)
+    group = lane // 32
+    lane_ok = group < groups
+    # Value index (from the program's first value) of each lane's step-0 symbol.
+    rel = group * (32 * k) + lane % 32
+
+    start = tl.load(lane_ptr + lane_first + lane, mask=lane_ok, other=0)
+    end = tl.load(lane_ptr + lane_first + lane + 1, mask=lane_ok, other=0)
+    # Each lane reads through its own word pointer with a small bit offset,
+    # which keeps the per-step arithmetic in 32 bits.
+    words = payload_ptr + (start >> 5)
+    pos = (start & 31).to(tl.int32)
+    raw_start = raw_bit0 + (first + rel.to(tl.int64)) * raw_bits
+    raw_words = raw_ptr + (raw_start >> 5)
+    raw_pos = (raw_start & 31).to(tl.int32)
+    raw_mask = ((1 << raw_bits) - 1).to(tl.uint32)
+    raw_step = 32 * raw_bits
+    sign_shift = (width - 1).to(tl.uint32)
+
+    # Initial state: table_log bits, for lanes that hold at least one symbol.
+    has = lane_ok & (rel < left)
+    s = (pos & 31).to(tl.uint32)
+    lo = tl.load(words + (pos >> 5), mask=has, other=0).to(tl.uint32, bitcast=True)
+    hi = tl.load(words + (pos >> 5) + 1, mask=has, other=0).to(tl.uint32, bitcast=True)
+    window = (lo >> s) | ((hi << 1) << (31 - s))
+    state = (window & ((1 << table_log) - 1).to(tl.uint32)).to(tl.int32)
+    pos += tl.where(has, table_log, 0)
+
+    for t in range(0, steps):
+        index = rel + 32 * t
+        active = lane_ok & (index < left)
+        # The table read and the payload read depend only on the previous
+        # step, so the two loads are in flight together.
+        entry = tl.load(table + state, mask=active, other=0)
+        s = (pos & 31).to(tl.uint32)
+        lo = tl.load(words + (pos >> 5), mask=active, other=0).to(tl.uint32, bitcast=True)
+        hi = tl.load(words + (pos >> 5) + 1, mask=active, other=0).to(tl.uint32, bitcast=True)
+        window = (lo >> s) | ((hi << 1) << (31 - s))
+        nbits = tl.where(active, (entry >> 16) & 15, 0)
+        bits = window & ((1 << nbits) - 1).to(tl.uint32)
+        state = tl.where(active, (entry & 0xFFFF) + bits.to(tl.int32), state)
+        pos += nbits
+        symbol = ((entry >> 20) & 0xFFF).to(tl.uint32)
+
+        rp = raw_pos + raw_step * t
+        rs = (rp & 31).to(tl.uint32)
+        rlo = tl.load(raw_words + (rp >> 5), mask=active, other=0).to(tl.uint32, bitcast=True)
+        rhi = tl.load(raw_words + (rp >> 5) + 1, mask=active, other=0).to(tl.uint32, bitcast=True)
+        field = ((rlo >> rs) | ((rhi << 1) << (31 - rs))) & raw_mask
+
+        rotated = (symbol << raw_bits.to(tl.uint32)) | field
+        value = (rotated >> 1) | ((rotated & 1) << sign_shift)
+        if width == 16:
+            tl.store(out.to(tl.pointer_type(tl.int16)) + index, value.to(tl.int16), mask=active)
+        elif width == 32:
+            tl.store(out.to(tl.pointer_type(tl.int32)) + index,
+                     value.to(tl.int32, bitcast=True), mask=active)
+        else:
+            tl.store(out + index, value.to(tl.uint8), mask=active)
+
+    # A lane must end in its last byte, and the bits after its end must be 0.
+    used = pos - (start & 31).to(tl.int32)
+    size_bits = (end - start).to(tl.int32)
+    tail = (0 - used) & 7
+    s = (pos & 31).to(tl.uint32)
+    lo = tl.load(words + (pos >> 5), mask=lane_ok, other=0).to(tl.uint32, bitcast=True)
+    hi = tl.load(words + (pos >> 5) + 1, mask=lane_ok, other=0).to(tl.uint32, bitcast=True)
+    padding = ((lo >> s) | ((hi << 1) << (31 - s))) & ((1 << tail) - 1).to(tl.uint32)
+    bad = lane_ok & ((((used + 7) >> 3) * 8 != size_bits) | (padding != 0))
+    nbad = tl.sum(bad.to(tl.int32), axis=0)
+    if nbad > 0:
+        tl.atomic_add(err_ptr, nbad)
+
+
+# Kernels are plain functions turned into Triton kernels on first launch, so
+# that TRITON_INTERPRET is read then (tests switch it) and so that
+# tests/test_triton.py can compile the same source for sm_80 / sm_90.
+KERNELS = {"decode": _decode_kernel}
+_launchable: dict[tuple[str, bool], object] = {}
+
+
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
+
+
+def _kernel(kernel_name: str):
+    key = (kernel_name, interpreting())
+    if key not in _launchable:
+        if key[1]:
+            from triton.runtime.interpreter import InterpretedFunction
+            _launchable[key] = InterpretedFunction(KERNELS[kernel_name])
+        else:
+            from triton.runtime.jit import JITFunction
+            _launchable[key] = JITFunction(KERNELS[kernel_name])
+    return _launchable[key]
+
+
+# -- host side -----------------------------------------------------------------
+
+def _device(device) -> torch.device:
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UnsupportedError(
+                "the Triton decoder needs a CUDA GPU and torch sees none; decode on the CPU "
+                "with floatzip.codecs.encoded.decode_tensor instead")
+        if dev.index is None:
+            dev = torch.device("cuda", torch.cuda.current_device())
+        return dev
+    if dev.type == "cpu" and interpreting():
+        return dev
+    raise UnsupportedError(
+        f"the Triton decoder runs on CUDA devices, not on {dev}"
+        + ("" if dev.type != "cpu" else
+           " (device='cpu' works only under TRITON_INTERPRET=1, for tests)"))
+
+
+def _torch_dtype(dtype: str):
+    return TORCH_DTYPES.get(dtype, torch.uint8)
+
+
+def _words(data: np.ndarray, slack_words: int) -> np.ndarray:
+    """Bytes -> int32 words (little-endian), zero-padded to whole words plus
+    ``slack_words`` zero words, so that two-word reads never leave the buffer."""
+    nbytes = data.size
+    words = np.zeros((nbytes + 3) // 4 + slack_words, dtype=np.int32)
+    words.view(np.uint8)[:nbytes] = data
+    return words
+
+
+def _check_encoded(enc: EncodedTensor, label: str) -> None:
+    """Sizes the kernel relies on. The container validates all of this
+    already; an EncodedTensor built by hand gets a clear error here."""
+    if enc.codec == CODEC_RAW:
+        want = enc.count * ITEMSIZE.get(enc.dtype, 1)
+        if enc.raw is None or np.asarray(enc.raw).size != want:
+            found = None if enc.raw is None else np.asarray(enc.raw).size
+            raise FormatError(f"{label}: raw codec holds {found} bytes, expected {want} "
+                              f"for {enc.dtype}{list(enc.shape)}")
+        return
+    if enc.codec != CODEC_TANS:
+        raise UnsupportedError(f"{label}: codec {enc.codec!r} has no GPU decoder; "
+                               f"expected {CODEC_TANS!r} or {CODEC_RAW!r}")
+    layout = FLOAT_LAYOUTS.get(enc.dtype)
+    if layout is None:
+        raise UnsupportedError(f"{label}: dtype {enc.dtype} cannot be tans-coded")
+    g = enc.geometry
+    if g is None:
+        raise FormatError(f"{label}: tans-coded tensor without geometry")
+
+    def need(ok: bool, field: str, expected, found):
+        if not ok:
+            raise FormatError(f"{label}: {field} is {found}, expected {expected}; "
+                              "the coded tensor is inconsistent, re-encode it")
+
+    need(g.count == enc.count, "geometry.count", enc.count, g.count)
+    need(g.width == layout.width, "geometry.width", layout.width, g.width)
+    need(layout.exponent_bits <= g.symbol_bits <= min(g.width, tans.MAX_SYMBOL_BITS),
+         "geometry.symbol_bits", f"{layout.exponent_bits}..{min(g.width, tans.MAX_SYMBOL_BITS)}",
+         g.symbol_bits)
+    need(tans.MIN_TABLE_LOG <= g.table_log <= tans.MAX_TABLE_LOG, "geometry.table_log",
+         f"{tans.MIN_TABLE_LOG}..{tans.MAX_TABLE_LOG}", g.table_log)
+    need(1 <= g.lane_symbols <= MAX_LANE_SYMBOLS, "geometry.lane_symbols",
+         f"1..{MAX_LANE_SYMBOLS}", g.lane_symbols)
+    need(g.table_symbols >= 1 and g.first_symbol >= 0
+         and g.first_symbol + g.table_symbols <= 1 << g.symbol_bits,
+         "symbol range", f"within 0..{(1 << g.symbol_bits) - 1}",
+         f"{g.first_symbol}+{g.table_symbols}")
+    counts = np.asarray(enc.counts)
+    need(counts.size == g.table_symbols, "len(counts)", g.table_symbols, counts.size)
+    need(int(counts.astype(np.int64).sum()) == 1 << g.table_log, "sum(counts)",
+         1 << g.table_log, int(counts.astype(np.int64).sum()))
+    sizes = np.asarray(enc.lane_sizes)
+    need(sizes.size == g.lanes, "len(lane_sizes)", g.lanes, sizes.size)
+    need(int(sizes.astype(np.int64).sum()) == g.payload_bytes, "sum(lane_sizes)",
+         g.payload_bytes, int(sizes.astype(np.int64).sum()))
+    need(np.asarray(enc.payload).size == g.payload_bytes, "payload bytes", g.payload_bytes,
+         np.asarray(enc.payload).size)
+    need(np.asarray(enc.raw).size == g.raw_bytes, "raw bytes", g.raw_bytes,
+         np.asarray(enc.raw).size)
+    if g.count > MAX_COUNT:
+        raise UnsupportedError(f"{label}: {g.count} values; the GPU decoder handles at most "
+                               f"{MAX_COUNT} per tensor, split the tensor")
+
+
+@dataclass
+class _Parts:
+    """A tans tensor's device-ready buffers (torch tensors, same device)."""
+    table: torch.Tensor         # int32[2**table_log]
+    lane_bits: torch.Tensor     # int64[lanes + 1], bit offsets from the payload's first word
+    payload: torch.Tensor       # int32 words, zero slack after
+    raw: torch.Tensor           # int32 words, zero slack after
+
+
+def _host_parts(enc: EncodedTensor) -> _Parts:
+    g = enc.geometry
+    table = tans.build_decode_table(np.asarray(enc.counts), g.first_symbol, g.table_log)
+    sizes = np.asarray(enc.lane_sizes).astype(np.int64)
+    lane_bits = np.concatenate(([0], np.cumsum(sizes))) * 8
+    # A corrupt lane can read table_log + 12 * lane_symbols bits past its start
+    # (12 bits per step at most) before the end-of-lane check rejects it.
+    slack = (tans.MAX_TABLE_LOG * (g.lane_symbols + 1)) // 32 + 3
+    payload = _words(np.asarray(enc.payload, dtype=np.uint8), slack)
+    raw = _words(np.asarray(enc.raw, dtype=np.uint8), 2)
+    return _Parts(torch.from_numpy(table.view(np.int32).copy()), torch.from_numpy(lane_bits),
+                  torch.from_numpy(payload), torch.from_numpy(raw))
+
+
+class DeviceCodedTensor:
+    """One coded tensor in device memory, still compressed."""
+
+    def __init__(self, enc: EncodedTensor, device="cuda", name: str | None = None):
+        self.name = name
+        label = f"tensor {name!r}" if name else "tensor"
+        _check_encoded(enc, label)
+        self.device = _device(device)
+        self.dtype = enc.dtype
+        self.shape = tuple(enc.shape)
+        self.codec = enc.codec
+        self.geometry: CodedGeometry | None = enc.geometry
+        self.parts: _Parts | None = None
+        self.data: torch.Tensor | None = None       # raw codec: the bytes
+        if enc.codec == CODEC_RAW:
+            raw = np.ascontiguousarray(np.asarray(enc.raw, dtype=np.uint8)).copy()
+            self.data = torch.from_numpy(raw).to(self.device)
+        else:
+            host = _host_parts(enc)
+            self.parts = _Parts(*(t.to(self.device) for t in
+                                  (host.table, host.lane_bits, host.payload, host.raw)))
+        self._decoder: DeviceBlockDecoder | None = None
+
+    @property
+    def count(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return _torch_dtype(self.dtype)
+
+    @property
+    def nbytes(self) -> int:
+        """Device memory the coded tensor occupies."""
+        if self.data is not None:
+            return self.data.numel()
+        return sum(t.numel() * t.element_size() for t in
+                   (self.parts.table, self.parts.lane_bits, self.parts.payload, self.parts.raw))
+
+    @property
+    def out_nbytes(self) -> int:
+        return self.count * ITEMSIZE.get(self.dtype, 1)
+
+    def decode(self, out: torch.Tensor | None = None) -> torch.Tensor:
+        """The decoded tensor (``self.torch_dtype``, ``self.shape``), written
+        into ``out`` when given (same dtype, ``count`` elements, contiguous,
+        on this device). One launch, no synchronisation."""
+        if out is None:
+            if self.data is not None:
+                return _typed_view(self.data, self.dtype, self.shape)
+            out = torch.empty(self.shape, dtype=self.torch_dtype, device=self.device)
+        _check_output(out, self.device, self.torch_dtype, self.count, self.name)
+        if self.data is not None:
+            out.view(-1).view(torch.uint8).copy_(self.data)
+            return out.view(self.shape)
+        if self._decoder is None:
+            self._decoder = DeviceBlockDecoder([self])
+        self._decoder._launch(out.view(-1).view(torch.uint8))
+        return out.view(self.shape)
+
+    def check(self) -> None:
+        """Raise CorruptDataError if a decode since the last check met a
+        corrupt lane (waits for the device)."""
+        if self._decoder is not None:
+            self._decoder.check()
+
+
+def _typed_view(data: torch.Tensor, dtype: str, shape) -> torch.Tensor:
+    """Bytes as the tensor they hold; flat bytes for dtypes torch lacks."""
+    if dtype not in TORCH_DTYPES:
+        return data
+    return data.view(TORCH_DTYPES[dtype]).view(shape)
+
+
+def _check_output(out, device, dtype, numel, label) -> None:
+    what = f"output for tensor {label!r}" if label else "output"
+    if not isinstance(out, torch.Tensor):
+        raise OutputBufferError(f"{what} must be a torch.Tensor, got {type(out).__name__}")
+    if out.device != device:
+        raise OutputBufferError(f"{what} is on {out.device}, the coded data on {device}; "
+                                "allocate it on the decoder's device")
+    if out.dtype != dtype:
+        raise OutputBufferError(f"{what} has dtype {out.dtype}, expected {dtype}")
+    if not out.is_contiguous():
+        raise OutputBufferError(f"{what} is not contiguous; pass a contiguous tensor")
+    if out.numel() != numel:
+        raise OutputBufferError(f"{what} has {out.numel()} elements, expected {numel}")
+
+
+class DeviceBlockDecoder:
+    """Decodes several coded tensors (one transformer block) in one launch."""
+
+    def __init__(self, tensors: Sequence[DeviceCodedTensor], *, groups_per_program: int = 4,
+                 num_warps: int = 4, device=None):
+        tensors = list(tensors)
+        if not tensors:
+            raise OutputBufferError("DeviceBlockDecoder needs at least one tensor")
+        for t in tensors:
+            if not isinstance(t, DeviceCodedTensor):
+                raise UnsupportedError(
+                    f"DeviceBlockDecoder takes DeviceCodedTensor, got {type(t).__name__}; "
+                    "use DeviceBlockDecoder.from_encoded for EncodedTensor")
+        devices = {t.device for t in tensors}
+        if device is None and len(devices) > 1:
+            raise UnsupportedError(f"tensors of one block lie on several devices: {sorted(map(str, devices))}")
+        self.device = _device(device if device is not None else tensors[0].device)
+        self._build([(t.name, t.dtype, t.shape, t.geometry, t.parts, t.data) for t in tensors],
+                    groups_per_program, num_warps)
+
+    @classmethod
+    def from_encoded(cls, encoded: Sequence[EncodedTensor], device="cuda", *,
+                     names: Sequence[str] | None = None, groups_per_program: int = 4,
+                     num_warps: int = 4) -> "DeviceBlockDecoder":
+        """Build on the host and upload each concatenated buffer once."""
+        encoded = list(encoded)
+        names = list(names) if names is not None else [None] * len(encoded)
+        if len(names) != len(encoded):
+            raise OutputBufferError(f"{len(names)} names for {len(encoded)} tensors")
+        if not encoded:
+            raise OutputBufferError("DeviceBlockDecoder needs at least one tensor")
+        self = cls.__new__(cls)
+        self.device = _device(device)
+        items = []
+        for enc, nm in zip(encoded, names):
+            _check_encoded(enc, f"tensor {nm!r}" if nm else "tensor")
+            if enc.codec == CODEC_RAW:
+                raw = torch.from_numpy(np.asarray(enc.raw, dtype=np.uint8).copy())
+                items.append((nm, enc.dtype, tuple(enc.shape), None, None, raw.to(self.device)))
+            else:
+                items.append((nm, enc.dtype, tuple(enc.shape), enc.geometry, _host_parts(enc), None))
+        self._build(items, groups_per_program, num_warps)
+        return self
+
+    def _build(self, items, groups_per_program: int, num_warps: int) -> None:
+        if groups_per_program < 1 or groups_per_program & (groups_per_program - 1):
+            raise UnsupportedError(f"groups_per_program must be a power of two, got {groups_per_program}")
+        self.groups_per_program = groups_per_program
+        self.num_warps = num_warps
+        self.names = [it[0] for it in items]
+        self.dtypes = [it[1] for it in items]
+        self.shapes = [it[2] for it in items]
+        self._raw_data = {}          # index -> bytes of a raw-codec tensor
+        self._slots = {}             # index -> output byte offset
+        tables, lanes, payloads, raws, rows = [], [], [], [], []
+        table_at = lane_at = payload_words = raw_words = 0
+        out_at = 0
+        for i, (_, dtype, _, g, parts, data) in enumerate(items):
+            if g is None:
+                self._raw_data[i] = data
+                continue
+            self._slots[i] = out_at
+            itemsize = g.width // 8
+            k = g.lane_symbols
+            group_values = LANES * k
+            lane_bits = parts.lane_bits + payload_words * 32 if payload_words else parts.lane_bits
+            for first_group in range(0, g.groups, groups_per_program):
+                n_groups = min(groups_per_program, g.groups - first_group)
+                first = first_group * group_values
+                row = [0] * DESC_FIELDS
+                row[DESC_TABLE] = table_at
+                row[DESC_TABLE_LOG] = g.table_log
+                row[DESC_LANE] = lane_at + first_group * LANES
+                row[DESC_RAW_BIT] = raw_words * 32
+                row[DESC_RAW_BITS] = g.raw_bits
+                row[DESC_FIRST] = first
+                row[DESC_LEFT] = min(g.count - first, n_groups * group_values)
+                row[DESC_K] = k
+                row[DESC_OUT] = out_at + first * itemsize
+                row[DESC_WIDTH] = g.width
+                row[DESC_GROUPS] = n_groups
+                row[DESC_STEPS] = min(k, -(-row[DESC_LEFT] // LANES))
+                rows.append(row)
+            tables.append(parts.table)
+            lanes.append(lane_bits)
+            payloads.append(parts.payload)
+            raws.append(parts.raw)
+            table_at += parts.table.numel()
+            lane_at += parts.lane_bits.numel()
+            payload_words += parts.payload.numel()
+            raw_words += parts.raw.numel()
+            out_at += -(-g.count * itemsize // SLOT_ALIGN) * SLOT_ALIGN
+        self.out_nbytes = max(out_at, SLOT_ALIGN)
+        self.programs = len(rows)
+        dev = self.device
+
+        def joined(parts_list, dtype):
+            if not parts_list:
+                return torch.zeros(1, dtype=dtype, device=dev)
+            if len(parts_list) == 1:
+                return parts_list[0].to(dev)
+            return torch.cat([p.to(dev) for p in parts_list])
+
+        self.table = joined(tables, torch.int32)
+        self.lane_bits = joined(lanes, torch.int64)
+        self.payload = joined(payloads, torch.int32)
+        self.raw = joined(raws, torch.int32)
+        self.desc = torch.tensor(rows, dtype=torch.int64, device=dev).reshape(-1, DESC_FIELDS) \
+            if rows else torch.zeros((0, DESC_FIELDS), dtype=torch.int64, device=dev)
+        self.errors = torch.zeros(1, dtype=torch.int32, device=dev)
+        self._out: torch.Tensor | None = None
+        self._views: tuple[int, list[torch.Tensor]] | None = None
+
+    @property
+    def nbytes(self) -> int:
+        """Device memory of the coded block (descriptors included)."""
+        bufs = [self.table, self.lane_bits, self.payload, self.raw, self.desc,
+                *self._raw_data.values()]
+        return sum(t.numel() * t.element_size() for t in bufs)
+
+    def new_output(self) -> torch.Tensor:
+        return torch.empty(self.out_nbytes, dtype=torch.uint8, device=self.device)
+
+    def _launch(self, out: torch.Tensor) -> None:
+        if self.programs == 0:
+            return
+        kernel = _kernel("decode")
+        kernel[(self.programs,)](
+            self.desc, self.table, self.lane_bits, self.payload, self.raw, out, self.errors,
+            DESC_FIELDS=DESC_FIELDS, GROUPS=self.groups_per_program, num_warps=self.num_warps)
+
+    def decode(self, out: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """Decode every tensor with one launch; see the module docstring."""
+        if out is None:
+            if self._out is None:
+                self._out = self.new_output()
+            out = self._out
+        else:
+            self._check_buffer(out)
+        self._launch(out)
+        key = out.data_ptr()
+        if self._views is None or self._views[0] != key:
+            self._views = (key, self._make_views(out))
+        return list(self._views[1])
+
+    def _check_buffer(self, out) -> None:
+        if not isinstance(out, torch.Tensor):
+            raise OutputBufferError(f"output buffer must be a torch.Tensor, got {type(out).__name__}")
+        if out.device != self.device:
+            raise OutputBufferError(f"output buffer is on {out.device}, the coded block on "
+                                    f"{self.device}; allocate it with new_output()")
+        if out.dtype != torch.uint8 or out.dim() != 1 or not out.is_contiguous():
+            raise OutputBufferError(
+                f"output buffer must be a contiguous 1-D uint8 tensor, got {out.dtype} "
+                f"with shape {tuple(out.shape)}; allocate it with new_output()")
+        if out.numel() < self.out_nbytes:
+            raise OutputBufferError(f"output buffer holds {out.numel()} bytes, the block "
+                                    f"needs {self.out_nbytes}")
+        if out.data_ptr() % 16:
+            raise OutputBufferError("output buffer must start on a 16-byte boundary")
+
+    def _make_views(self, out: torch.Tensor) -> list[torch.Tensor]:
+        views = []
+        for i, (dtype, shape) in enumerate(zip(self.dtypes, self.shapes)):
+            if i in self._raw_data:
+                views.append(_typed_view(self._raw_data[i], dtype, shape))
+            else:
+                n = int(np.prod(shape, dtype=np.int64)) * ITEMSIZE[dtype]
+                at = self._slots[i]
+                views.append(out[at:at + n].view(_torch_dtype(dtype)).view(shape))
+        return views
+
+    def check(self) -> None:
+        """Wait for the device; raise CorruptDataError if a lane decoded since
+        the last check ended in the wrong place or left non-zero padding."""
+        bad = int(self.errors.item())
+        if bad:
+            self.errors.zero_()
+            names = ", ".join(repr(n) for n in self.names if n) or "unnamed tensors"
+            raise CorruptDataError(
+                f"{bad} lane(s) of the block ({names}) did not end where their sizes say or "
+                "carry non-zero padding bits; the coded data is corrupt, re-read or re-encode it")
+
+
+# -- back-end interface (numpy in, numpy out) ----------------------------------------
+
+def encode(bits, geometry_args, counts, workers: int = 1):
+    raise UnsupportedError("the triton back end only decodes; encode with 'numba' or 'numpy'")
+
+
+def decode(geometry: CodedGeometry, counts: np.ndarray, lane_sizes: np.ndarray,
+           payload: np.ndarray, raw: np.ndarray, dtype, workers: int = 1,
+           device=None) -> np.ndarray:
+    """Same contract as numpy_ref.decode, computed on the GPU (or, under
+    TRITON_INTERPRET=1, on the CPU). Synchronises; not for the hot path."""
+    layout = next((lay for lay in FLOAT_LAYOUTS.values() if lay.width == geometry.width), None)
+    if layout is None:
+        raise UnsupportedError(f"no float layout of width {geometry.width}")
+    if device is None:
+        device = "cpu" if interpreting() and not torch.cuda.is_available() else "cuda"
+    enc = EncodedTensor(layout.name, (geometry.count,), CODEC_TANS, 0, geometry,
+                        np.asarray(counts), np.asarray(lane_sizes), np.asarray(payload),
+                        np.asarray(raw))
+    dev = DeviceCodedTensor(enc, device)
+    out = torch.empty(geometry.count * (geometry.width // 8), dtype=torch.uint8, device=dev.device)
+    dev._decoder = DeviceBlockDecoder([dev])
+    dev._decoder._launch(out)
+    dev.check()
+    return out.cpu().numpy().view(np.dtype(dtype))
