@@ -10,10 +10,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .codecs.encoded import EncodedTensor, checksum, decode_tensor, encode_tensor
+from .codecs.encoded import EncodedTensor, decode_tensor, encode_tensor
 from .errors import CorruptDataError, FloatzipError, FormatError
 from .format import container
-from .format.safetensors_header import build_header, read_header
+from .format.safetensors_header import read_header
 from .io_utils import atomic_output, resolve_workers
 
 MANIFEST = "floatzip.json"
@@ -45,31 +45,18 @@ def compress_file(src, dst, *, workers=None, backend=None, progress=False) -> di
     if header.metadata and container.KEY_VERSION in header.metadata:
         raise FormatError(f"{src}: already a floatzip file; decompress it first")
     data = _source_bytes(src, header)
-    params, entries = {}, []
-    directory = os.path.dirname(os.path.abspath(dst))
-    # Blobs go to a scratch file as they are made (memory stays near one
-    # tensor), then behind the header once all sizes are known.
-    with tempfile.TemporaryFile(dir=directory) as scratch, \
-            _progress(header.data_bytes, os.path.basename(src), progress) as bar:
+
+    def encoded_tensors(bar):
         for name, entry in header.tensors.items():
             region = data[header.data_start + entry.begin:header.data_start + entry.end]
-            enc = encode_tensor(region, entry.dtype, entry.shape, backend=backend, workers=workers)
-            nbytes = 0
-            for part in container.blob_parts(enc):
-                scratch.write(part.data)
-                nbytes += part.size
-            params[name] = container.tensor_params(enc)
-            entries.append((name, "U8", [nbytes], nbytes))
+            yield name, encode_tensor(region, entry.dtype, entry.shape, backend=backend,
+                                      workers=workers)
             bar.update(entry.nbytes)
-        meta = container.floatzip_metadata(header.raw, params)
-        new_header = build_header(meta, entries)
-        with atomic_output(dst) as out:
-            out.write(len(new_header).to_bytes(8, "little"))
-            out.write(new_header)
-            scratch.seek(0)
-            shutil.copyfileobj(scratch, out, 16 << 20)
+
+    with _progress(header.data_bytes, os.path.basename(src), progress) as bar:
+        count = container.write_file(dst, header.raw, encoded_tensors(bar))
     return {"original_bytes": os.path.getsize(src), "compressed_bytes": os.path.getsize(dst),
-            "tensors": len(params)}
+            "tensors": count}
 
 
 def decompress_file(src, dst, *, workers=None, backend=None, progress=False) -> dict:

@@ -18,6 +18,8 @@ def atomic_output(path: str | os.PathLike):
             yield f
             f.flush()
             os.fsync(f.fileno())
+        # mkstemp makes the file private (0600); give it the usual permissions.
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -29,3 +31,9 @@ def resolve_workers(workers: int | None) -> int:
     if workers is None or workers <= 0:
         return os.cpu_count() or 1
     return int(workers)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,7 +22,8 @@ from ..codecs.encoded import CODEC_RAW, CODEC_TANS, EncodedTensor
 from ..codecs.layout import MAX_LANE_SYMBOLS, CodedGeometry, pad8
 from ..dtypes import FLOAT_LAYOUTS
 from ..errors import FormatError, UnsupportedError
-from .safetensors_header import Header, parse_header_bytes, read_header
+from ..io_utils import atomic_output
+from .safetensors_header import build_header, parse_header_bytes, read_header
 
 FORMAT_VERSION = 1
 KEY_VERSION = "floatzip.version"
@@ -61,6 +64,29 @@ def floatzip_metadata(source_header: bytes, params: dict[str, dict]) -> dict[str
         KEY_SOURCE_HEADER: source_header.decode("utf-8"),
         KEY_TENSORS: json.dumps(params, separators=(",", ":")),
     }
+
+
+def write_file(dst, source_header: bytes, tensors) -> int:
+    """Write a floatzip file from (name, EncodedTensor) pairs, atomically.
+    Blobs go to a scratch file as they come (memory stays near one tensor),
+    then behind the header once all sizes are known. Returns the count."""
+    params, entries = {}, []
+    directory = os.path.dirname(os.path.abspath(dst))
+    with tempfile.TemporaryFile(dir=directory) as scratch:
+        for name, enc in tensors:
+            nbytes = 0
+            for part in blob_parts(enc):
+                scratch.write(part.data)
+                nbytes += part.size
+            params[name] = tensor_params(enc)
+            entries.append((name, "U8", [nbytes], nbytes))
+        header = build_header(floatzip_metadata(source_header, params), entries)
+        with atomic_output(dst) as out:
+            out.write(len(header).to_bytes(8, "little"))
+            out.write(header)
+            scratch.seek(0)
+            shutil.copyfileobj(scratch, out, 16 << 20)
+    return len(params)
 
 
 # -- reading -----------------------------------------------------------------

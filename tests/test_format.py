@@ -1,0 +1,84 @@
+"""Format v1 golden files: valid ones decode to pinned bytes forever, damaged
+ones fail with a specific message; the worked example of docs/FORMAT.md."""
+import hashlib
+import json
+import os
+
+import numpy as np
+import pytest
+
+import floatzip
+from floatzip.codecs import tans
+from floatzip.format.container import FloatzipFile
+
+from conftest import FIXTURES
+
+V1 = os.path.join(FIXTURES, "v1")
+MUST_FAIL = os.path.join(V1, "must_fail")
+EXPECTED_ERRORS = json.load(open(os.path.join(MUST_FAIL, "expected_errors.json")))
+
+
+def sha256(path):
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+@pytest.mark.parametrize("stem", ["example-bf16", "mixed"])
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_valid_fixture_restores_original_bytes(tmp_path, stem, backend):
+    out = tmp_path / "restored.safetensors"
+    floatzip.decompress(os.path.join(V1, stem + ".fz.safetensors"), out, backend=backend)
+    assert open(out, "rb").read() == open(os.path.join(V1, stem + ".safetensors"), "rb").read()
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_encoder_reproduces_fixture_bytes(tmp_path, backend):
+    # The encoder is deterministic and all back ends agree: compressing the
+    # fixture's original again gives the committed file exactly.
+    out = tmp_path / "mixed.fz.safetensors"
+    floatzip.compress(os.path.join(V1, "mixed.safetensors"), out, backend=backend, workers=2)
+    assert sha256(out) == sha256(os.path.join(V1, "mixed.fz.safetensors"))
+
+
+def test_fixture_choices_cover_both_codecs():
+    fz = FloatzipFile(os.path.join(V1, "mixed.fz.safetensors"))
+    codecs = {name: t.params["codec"] for name, t in fz.tensors.items()}
+    assert codecs["bf16.all_values"] == codecs["f8.all_values"] == "tans"
+    assert codecs["ids"] == codecs["mask"] == codecs["empty"] == "raw"
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_ERRORS))
+def test_must_fail_fixture_is_rejected(tmp_path, name):
+    out = tmp_path / "out.safetensors"
+    with pytest.raises(floatzip.FloatzipError) as info:
+        floatzip.decompress(os.path.join(MUST_FAIL, name), out)
+    assert EXPECTED_ERRORS[name] in str(info.value)
+    assert name in str(info.value)          # the message names the file
+    assert not out.exists()
+    assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
+
+
+def test_worked_example_tables():
+    counts = tans.normalize_counts(np.array([3, 4, 1]), 2)
+    assert counts.tolist() == [1, 2, 1]
+    assert tans.spread_symbols(counts, 2).tolist() == [0, 1, 1, 2]
+    table = tans.build_decode_table(counts, 126, 2)
+    fields = [(int(e) >> 20, (int(e) >> 16) & 15, int(e) & 0xFFFF) for e in table]
+    assert fields == [(126, 2, 0), (127, 1, 0), (127, 1, 2), (128, 2, 0)]
+
+
+def test_worked_example_blob_bytes():
+    fz = FloatzipFile(os.path.join(V1, "example-bf16.fz.safetensors"))
+    enc = fz.encoded("x")
+    assert enc.counts.tolist() == [1, 2, 1]
+    assert enc.lane_sizes.tolist() == [1] * 8 + [0] * 24
+    assert bytes(enc.payload) == bytes([0x01, 0x01, 0x00, 0x00, 0x01, 0x03, 0x01, 0x00])
+    assert bytes(enc.raw) == bytes([0, 1, 0, 0, 0, 0, 0, 1])
+    assert fz.tensors["x"].blob_bytes == 88
+
+
+def test_compressed_file_is_valid_safetensors():
+    from safetensors import safe_open
+    path = os.path.join(V1, "mixed.fz.safetensors")
+    with safe_open(path, framework="np") as f:
+        assert f.metadata()["floatzip.version"] == "1"
+        assert set(f.keys()) == set(FloatzipFile(path).tensors)
