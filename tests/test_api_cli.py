@@ -1,0 +1,185 @@
+"""Files and directories through the API and the CLI: byte-identical round
+trips, verify, info, and clear failures that leave nothing behind."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import floatzip
+from floatzip.cli import main
+
+from conftest import bf16_bits, write_safetensors
+
+
+def run_cli(*args):
+    proc = subprocess.run([sys.executable, "-m", "floatzip.cli", *map(str, args)],
+                          capture_output=True, text=True)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def test_file_roundtrip_is_byte_identical(tmp_path, small_checkpoint):
+    packed, restored = tmp_path / "m.fz.safetensors", tmp_path / "restored.safetensors"
+    summary = floatzip.compress(small_checkpoint, packed, workers=2)
+    assert summary["compressed_bytes"] < summary["original_bytes"]
+    floatzip.decompress(packed, restored, workers=1)
+    assert restored.read_bytes() == small_checkpoint.read_bytes()
+    assert floatzip.verify(small_checkpoint, packed).ok
+
+
+def test_safe_open_mirrors_safetensors(small_checkpoint, tmp_path):
+    import safetensors
+    import torch
+    packed = tmp_path / "m.fz.safetensors"
+    floatzip.compress(small_checkpoint, packed)
+    with safetensors.safe_open(small_checkpoint, framework="pt") as ref, \
+            floatzip.safe_open(packed, framework="pt") as f:
+        assert sorted(f.keys()) == sorted(ref.keys())
+        assert f.metadata() == ref.metadata()
+        for name in ref.keys():
+            a, b = ref.get_tensor(name), f.get_tensor(name)
+            assert a.dtype == b.dtype and torch.equal(a.view(torch.uint8), b.view(torch.uint8))
+    with floatzip.safe_open(packed, framework="np") as f:
+        assert f.get_tensor("layer.1.weight").dtype == np.float16
+        with pytest.raises(floatzip.UnsupportedError, match="bfloat16|BF16"):
+            f.get_tensor("layer.0.weight")
+        with pytest.raises(KeyError, match="no tensor named 'nope'"):
+            f.get_tensor("nope")
+
+
+def test_get_tensor_reads_only_its_own_tensor(small_checkpoint, tmp_path):
+    packed = tmp_path / "m.fz.safetensors"
+    floatzip.compress(small_checkpoint, packed)
+    data = bytearray(packed.read_bytes())
+    fz = floatzip.safe_open(packed)._file
+    t = fz.tensors["layer.1.weight"]
+    data[t.blob_begin + t.blob_bytes // 2] ^= 0xFF          # damage one tensor only
+    packed.write_bytes(bytes(data))
+    with floatzip.safe_open(packed, framework="np") as f:
+        assert f.get_tensor("layer.0.bias").shape == (96,)
+        with pytest.raises(floatzip.CorruptDataError, match="layer.1.weight"):
+            f.get_tensor("layer.1.weight")
+
+
+def make_model_dir(root, rng):
+    root.mkdir()
+    w = (rng.standard_normal((2, 128, 64)) * 0.02).astype(np.float32)
+    write_safetensors(root / "model-00001-of-00002.safetensors",
+                      [("a.weight", "BF16", [128, 64], bf16_bits(w[0]))], {"format": "pt"})
+    write_safetensors(root / "model-00002-of-00002.safetensors",
+                      [("b.weight", "BF16", [128, 64], bf16_bits(w[1]))], {"format": "pt"})
+    (root / "model.safetensors.index.json").write_text(json.dumps(
+        {"metadata": {}, "weight_map": {"a.weight": "model-00001-of-00002.safetensors",
+                                        "b.weight": "model-00002-of-00002.safetensors"}}))
+    (root / "config.json").write_text('{"architectures": ["X"]}')
+    (root / "tokenizer").mkdir()
+    (root / "tokenizer" / "vocab.txt").write_text("a\nb\n")
+    return root
+
+
+def test_directory_roundtrip_restores_every_file(tmp_path, rng):
+    src = make_model_dir(tmp_path / "model", rng)
+    packed, restored = tmp_path / "packed", tmp_path / "restored"
+    summary = floatzip.compress(src, packed)
+    assert sorted(summary["files"]) == ["model-00001-of-00002.safetensors",
+                                        "model-00002-of-00002.safetensors"]
+    assert (packed / "floatzip.json").exists()
+    assert (packed / "config.json").read_bytes() == (src / "config.json").read_bytes()
+    floatzip.decompress(packed, restored)
+    before = sorted(p.relative_to(src) for p in src.rglob("*"))
+    after = sorted(p.relative_to(restored) for p in restored.rglob("*"))
+    assert before == after
+    for rel in before:
+        if (src / rel).is_file():
+            assert (src / rel).read_bytes() == (restored / rel).read_bytes(), rel
+    assert floatzip.verify(src, packed).ok
+    assert floatzip.verify(src, restored).ok
+
+
+def test_verify_reports_a_different_original(tmp_path, small_checkpoint, rng):
+    packed = tmp_path / "m.fz.safetensors"
+    floatzip.compress(small_checkpoint, packed)
+    other = bytearray(small_checkpoint.read_bytes())
+    other[-20] ^= 1
+    changed = tmp_path / "changed.safetensors"
+    changed.write_bytes(bytes(other))
+    result = floatzip.verify(changed, packed)
+    assert not result.ok and "differs" in result.problems[0]
+    code, out, err = run_cli("verify", changed, packed)
+    assert code == 1 and "MISMATCH" in err
+    code, out, err = run_cli("verify", small_checkpoint, packed)
+    assert code == 0 and "OK" in out
+
+
+def test_cli_compress_decompress_info(tmp_path, small_checkpoint):
+    packed, restored = tmp_path / "m.fz.safetensors", tmp_path / "r.safetensors"
+    assert main(["compress", str(small_checkpoint), str(packed), "--workers", "2", "-q"]) == 0
+    assert main(["decompress", str(packed), str(restored), "-q"]) == 0
+    assert restored.read_bytes() == small_checkpoint.read_bytes()
+    code, out, err = run_cli("info", packed)
+    assert code == 0, err
+    assert "layer.0.weight" in out and "ratio" in out and "bound" in out
+
+
+@pytest.mark.parametrize("command", ["decompress", "info"])
+def test_cli_rejects_plain_safetensors_without_traceback(tmp_path, small_checkpoint, command):
+    args = [command, small_checkpoint] + ([tmp_path / "out"] if command == "decompress" else [])
+    code, out, err = run_cli(*args)
+    assert code != 0
+    assert "not a floatzip file" in err and str(small_checkpoint) in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("content", [b"", b"garbage" * 100, b"\x10\x00\x00\x00\x00\x00\x00\x00{}"])
+def test_cli_rejects_bad_input_files(tmp_path, content):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(content)
+    for args in (["compress", bad, tmp_path / "o1"], ["decompress", bad, tmp_path / "o2"],
+                 ["info", bad]):
+        code, out, err = run_cli(*args)
+        assert code != 0 and "bad.safetensors" in err and "Traceback" not in err, (args, err)
+    assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()
+
+
+def test_cli_missing_file(tmp_path):
+    code, out, err = run_cli("compress", tmp_path / "nope.safetensors", tmp_path / "o")
+    assert code != 0 and "nope.safetensors" in err and "Traceback" not in err
+
+
+def test_failed_decompress_leaves_no_partial_file(tmp_path, small_checkpoint):
+    packed = tmp_path / "m.fz.safetensors"
+    floatzip.compress(small_checkpoint, packed)
+    data = bytearray(packed.read_bytes())
+    fz = floatzip.safe_open(packed)._file
+    t = fz.tensors["layer.1.weight"]              # last in file order
+    data[t.blob_begin + t.blob_bytes - 30] ^= 0x5A
+    packed.write_bytes(bytes(data))
+    out = tmp_path / "out.safetensors"
+    with pytest.raises(floatzip.CorruptDataError):
+        floatzip.decompress(packed, out)
+    assert sorted(os.listdir(tmp_path)) == ["m.fz.safetensors", "model.safetensors"]
+
+
+def test_compress_refuses_floatzip_input(tmp_path, small_checkpoint):
+    packed = tmp_path / "m.fz.safetensors"
+    floatzip.compress(small_checkpoint, packed)
+    with pytest.raises(floatzip.FormatError, match="already a floatzip file"):
+        floatzip.compress(packed, tmp_path / "again")
+
+
+def test_decompress_directory_needs_manifest(tmp_path, rng):
+    src = make_model_dir(tmp_path / "model", rng)
+    with pytest.raises(floatzip.FormatError, match="not a floatzip model directory"):
+        floatzip.decompress(src, tmp_path / "out")
+
+
+def test_output_file_permissions_follow_umask(tmp_path, small_checkpoint):
+    packed = tmp_path / "m.fz.safetensors"
+    old = os.umask(0o022)
+    try:
+        floatzip.compress(small_checkpoint, packed)
+    finally:
+        os.umask(old)
+    assert (packed.stat().st_mode & 0o777) == 0o644
