@@ -23,3 +23,8 @@ class CorruptDataError(FormatError):
 class UnsupportedError(FloatzipError, ValueError):
     """A valid file that this version cannot handle: newer format version,
     unknown codec or dtype."""
+
+
+class DecoderArgumentError(FloatzipError, ValueError):
+    """An argument handed to a decoder (an output buffer, the list of tensors
+    or their names) has the wrong type, device, dtype, layout or size."""

@@ -23,7 +23,8 @@ import os
 
 from ..errors import UnsupportedError
 
-_MODULES = {"numpy": "numpy_ref", "numba": "numba_backend"}
+# triton decodes only (into device memory; encode raises UnsupportedError).
+_MODULES = {"numpy": "numpy_ref", "numba": "numba_backend", "triton": "triton_decode"}
 _loaded: dict[str, object] = {}
 
 

@@ -36,32 +36,61 @@ Host API
     on the default CUDA device; it synchronises, so it is for tests and
     tools, not for the hot path. ``encode`` raises UnsupportedError.
 
+Kernel
+------
+One program decodes up to GROUPS consecutive groups of ONE tensor, described
+by one row of ``desc`` (the DESC_* columns), so every tensor parameter is a
+scalar and tensors of any width (8, 16, 32 bits) and geometry share a launch.
+Per step and lane: a gather from the decode table at the current state and
+two aligned int32 reads of the payload at the current bit position (both
+depend only on the previous step, so they are in flight together), a funnel
+shift for the entry's ``nbits`` bits, two int32 reads and a funnel shift for
+the raw field, and a store to ``g*32*K + 32*t + lane`` (consecutive lanes,
+consecutive addresses). No load is masked: buffers carry zero slack after
+each tensor (PAYLOAD: table_log + 12*lane_symbols bits, what a corrupt lane
+can overrun; raw: RAW_SLACK_WORDS), a finished lane keeps a valid state,
+reads 0 bits and stores nothing. Loops have a trip count fixed per program
+(no per-lane ``while``), one loop per output width, picked once per program.
+At the end each lane checks, as numpy_ref does, that it ended in its last
+byte with zero padding bits; bad lanes add to ``errors`` (an atomic add only
+on bad lanes), which ``check()`` reads.
+
 Without a GPU, set TRITON_INTERPRET=1: the same kernel then runs in Triton's
 interpreter on CPU torch tensors (device="cpu" is accepted only then). The
-mode is read at launch, not at import, so a test can switch it.
+mode is read at launch, not at import, so a test can switch it; the kernel
+uses only Triton builtins (no @triton.jit library functions such as
+``tl.sum``), because those work in the interpreter only if TRITON_INTERPRET
+was set before triton was first imported.
 """
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
-import triton
 import triton.language as tl
 
 from ..codecs import tans
 from ..codecs.encoded import CODEC_RAW, CODEC_TANS, EncodedTensor
 from ..codecs.layout import LANES, MAX_LANE_SYMBOLS, CodedGeometry
 from ..dtypes import FLOAT_LAYOUTS, ITEMSIZE
-from ..errors import CorruptDataError, FloatzipError, FormatError, UnsupportedError
+from ..errors import (
+    CorruptDataError,
+    DecoderArgumentError,
+    FormatError,
+    UnsupportedError,
+)
 
 name = "triton"
 
 # Output slots of a block start on this boundary (bytes): every dtype view is
 # aligned, and the weights are as aligned as a fresh allocation would be.
 SLOT_ALIGN = 256
+# Zero words after a tensor's raw fields: a row of 32 fields (<= 24 bits
+# each) plus the second word of a two-word read.
+RAW_SLACK_WORDS = 32
 # Largest tensor the kernel indexes with 32-bit value offsets.
 MAX_COUNT = 2**31 - 2**20
 
@@ -76,10 +105,6 @@ for _name, _attr in (("U16", "uint16"), ("U32", "uint32"), ("U64", "uint64"),
     if hasattr(torch, _attr):
         TORCH_DTYPES[_name] = getattr(torch, _attr)
 
-
-class OutputBufferError(FloatzipError, ValueError):
-    """An output buffer handed to the decoder has the wrong device, dtype,
-    layout or size."""
 
 
 # -- the kernel ----------------------------------------------------------------
@@ -111,19 +136,21 @@ def _decode_kernel(
     DESC_FIELDS: tl.constexpr,  # row length of desc
     GROUPS: tl.constexpr,       # groups of 32 lanes per program (one lane per thread)
 ):
+    # Column numbers are the DESC_* constants (plain globals cannot be read
+    # inside a kernel); tests/test_triton.py checks that they agree.
     row = desc_ptr + tl.program_id(0) * DESC_FIELDS
-    table = table_ptr + tl.load(row + 0)
-    table_log = tl.load(row + 1).to(tl.int32)
-    lane_first = tl.load(row + 2)
-    raw_bit0 = tl.load(row + 3)
-    raw_bits = tl.load(row + 4).to(tl.int32)
-    first = tl.load(row + 5)
-    left = tl.load(row + 6).to(tl.int32)
-    k = tl.load(row + 7).to(tl.int32)
-    out = out_ptr + tl.load(row + 8)
-    width = tl.load(row + 9).to(tl.int32)
-    groups = tl.load(row + 10).to(tl.int32)
-    steps = tl.load(row + 11).to(tl.int32)
+    table = table_ptr + tl.load(row + 0)            # DESC_TABLE
+    table_log = tl.load(row + 1).to(tl.int32)       # DESC_TABLE_LOG
+    lane_first = tl.load(row + 2)                   # DESC_LANE
+    raw_bit0 = tl.load(row + 3)                     # DESC_RAW_BIT
+    raw_bits = tl.load(row + 4).to(tl.int32)        # DESC_RAW_BITS
+    first = tl.load(row + 5)                        # DESC_FIRST
+    left = tl.load(row + 6).to(tl.int32)            # DESC_LEFT
+    k = tl.load(row + 7).to(tl.int32)               # DESC_K
+    out = out_ptr + tl.load(row + 8)                # DESC_OUT
+    width = tl.load(row + 9).to(tl.int32)           # DESC_WIDTH
+    groups = tl.load(row + 10).to(tl.int32)         # DESC_GROUPS
+    steps = tl.load(row + 11).to(tl.int32)          # DESC_STEPS
 
     lane = tl.arange(0, GROUPS * 32)
     group = lane // 32
@@ -137,15 +164,22 @@ def _decode_kernel(
     # which keeps the per-step arithmetic in 32 bits.
     words = payload_ptr + (start >> 5)
     pos = (start & 31).to(tl.int32)
-    raw_start = raw_bit0 + (first + rel.to(tl.int64)) * raw_bits
+    # A finished lane's raw position stays one field row past its last field,
+    # within the raw buffer's slack; lanes beyond the program's groups read
+    # the tensor's first words.
+    raw_start = raw_bit0 + tl.where(lane_ok, first + rel.to(tl.int64), 0) * raw_bits
     raw_words = raw_ptr + (raw_start >> 5)
     raw_pos = (raw_start & 31).to(tl.int32)
     raw_mask = ((1 << raw_bits) - 1).to(tl.uint32)
     raw_step = 32 * raw_bits
-    sign_shift = (width - 1).to(tl.uint32)
+
+    # Symbols in each lane: k, except in a tensor's last group.
+    lane_steps = (left - rel + 31) >> 5
+    lane_steps = tl.where(lane_steps > k, k, lane_steps)
+    lane_steps = tl.where(lane_ok & (lane_steps > 0), lane_steps, 0)
 
     # Initial state: table_log bits, for lanes that hold at least one symbol.
-    has = lane_ok & (rel < left)
+    has = lane_steps > 0
     s = (pos & 31).to(tl.uint32)
     lo = tl.load(words + (pos >> 5), mask=has, other=0).to(tl.uint32, bitcast=True)
     hi = tl.load(words + (pos >> 5) + 1, mask=has, other=0).to(tl.uint32, bitcast=True)
@@ -153,37 +187,45 @@ def _decode_kernel(
     state = (window & ((1 << table_log) - 1).to(tl.uint32)).to(tl.int32)
     pos += tl.where(has, table_log, 0)
 
-    for t in range(0, steps):
-        index = rel + 32 * t
-        active = lane_ok & (index < left)
-        # The table read and the payload read depend only on the previous
-        # step, so the two loads are in flight together.
-        entry = tl.load(table + state, mask=active, other=0)
-        s = (pos & 31).to(tl.uint32)
-        lo = tl.load(words + (pos >> 5), mask=active, other=0).to(tl.uint32, bitcast=True)
-        hi = tl.load(words + (pos >> 5) + 1, mask=active, other=0).to(tl.uint32, bitcast=True)
-        window = (lo >> s) | ((hi << 1) << (31 - s))
-        nbits = tl.where(active, (entry >> 16) & 15, 0)
-        bits = window & ((1 << nbits) - 1).to(tl.uint32)
-        state = tl.where(active, (entry & 0xFFFF) + bits.to(tl.int32), state)
-        pos += nbits
-        symbol = ((entry >> 20) & 0xFFF).to(tl.uint32)
+    # One copy of the loop per output width, chosen once per program: the
+    # store's type is then fixed inside the loop and costs no branch.
+    # Loads need no mask: a finished lane keeps a valid state and positions
+    # inside the buffers' slack, reads 0 payload bits and stores nothing.
+    for w in tl.static_range(3):
+        if width == (8 << w):
+            for t in range(steps):
+                active = t < lane_steps
+                index = rel + 32 * t
+                # The raw fields do not depend on the tANS state: their loads
+                # go first, to be in flight with the others.
+                rlo = tl.load(raw_words + (raw_pos >> 5)).to(tl.uint32, bitcast=True)
+                rhi = tl.load(raw_words + (raw_pos >> 5) + 1).to(tl.uint32, bitcast=True)
+                # The table read and the payload read depend only on the
+                # previous step, so the two loads are in flight together.
+                entry = tl.load(table + state)
+                s = (pos & 31).to(tl.uint32)
+                lo = tl.load(words + (pos >> 5)).to(tl.uint32, bitcast=True)
+                hi = tl.load(words + (pos >> 5) + 1).to(tl.uint32, bitcast=True)
+                window = (lo >> s) | ((hi << 1) << (31 - s))
+                nbits = tl.where(active, (entry >> 16) & 15, 0)
+                # With 0 bits this is ``base``: still a valid state.
+                state = (entry & 0xFFFF) + (window & ((1 << nbits) - 1).to(tl.uint32)).to(tl.int32)
+                pos += nbits
 
-        rp = raw_pos + raw_step * t
-        rs = (rp & 31).to(tl.uint32)
-        rlo = tl.load(raw_words + (rp >> 5), mask=active, other=0).to(tl.uint32, bitcast=True)
-        rhi = tl.load(raw_words + (rp >> 5) + 1, mask=active, other=0).to(tl.uint32, bitcast=True)
-        field = ((rlo >> rs) | ((rhi << 1) << (31 - rs))) & raw_mask
-
-        rotated = (symbol << raw_bits.to(tl.uint32)) | field
-        value = (rotated >> 1) | ((rotated & 1) << sign_shift)
-        if width == 16:
-            tl.store(out.to(tl.pointer_type(tl.int16)) + index, value.to(tl.int16), mask=active)
-        elif width == 32:
-            tl.store(out.to(tl.pointer_type(tl.int32)) + index,
-                     value.to(tl.int32, bitcast=True), mask=active)
-        else:
-            tl.store(out + index, value.to(tl.uint8), mask=active)
+                symbol = ((entry >> 20) & 0xFFF).to(tl.uint32)
+                rs = (raw_pos & 31).to(tl.uint32)
+                raw_pos += tl.where(active, raw_step, 0)
+                field = ((rlo >> rs) | ((rhi << 1) << (31 - rs))) & raw_mask
+                rotated = (symbol << raw_bits.to(tl.uint32)) | field
+                value = (rotated >> 1) | ((rotated & 1) << ((8 << w) - 1))
+                if w == 0:
+                    tl.store(out + index, value.to(tl.uint8), mask=active)
+                elif w == 1:
+                    tl.store(out.to(tl.pointer_type(tl.int16)) + index, value.to(tl.int16),
+                             mask=active)
+                else:
+                    tl.store(out.to(tl.pointer_type(tl.int32)) + index,
+                             value.to(tl.int32, bitcast=True), mask=active)
 
     # A lane must end in its last byte, and the bits after its end must be 0.
     used = pos - (start & 31).to(tl.int32)
@@ -194,9 +236,8 @@ def _decode_kernel(
     hi = tl.load(words + (pos >> 5) + 1, mask=lane_ok, other=0).to(tl.uint32, bitcast=True)
     padding = ((lo >> s) | ((hi << 1) << (31 - s))) & ((1 << tail) - 1).to(tl.uint32)
     bad = lane_ok & ((((used + 7) >> 3) * 8 != size_bits) | (padding != 0))
-    nbad = tl.sum(bad.to(tl.int32), axis=0)
-    if nbad > 0:
-        tl.atomic_add(err_ptr, nbad)
+    # One atomic per bad lane, so none on sound data (tl.sum is not a builtin).
+    tl.atomic_add(err_ptr + lane * 0, bad.to(tl.int32), mask=bad)
 
 
 # Kernels are plain functions turned into Triton kernels on first launch, so
@@ -319,16 +360,38 @@ class _Parts:
     raw: torch.Tensor           # int32 words, zero slack after
 
 
-def _host_parts(enc: EncodedTensor) -> _Parts:
+def _decode_table(enc: EncodedTensor, label: str) -> np.ndarray:
+    """The tensor's decode table, checked to keep every next state inside
+    it: the kernel's table reads are unmasked."""
     g = enc.geometry
-    table = tans.build_decode_table(np.asarray(enc.counts), g.first_symbol, g.table_log)
+    try:
+        table = tans.build_decode_table(np.asarray(enc.counts), g.first_symbol, g.table_log)
+    except (IndexError, ValueError) as exc:
+        raise FormatError(f"{label}: no decode table for these counts with table_log "
+                          f"{g.table_log} ({exc})") from None
+    t = table.astype(np.int64)
+    base = t & tans.ENTRY_BASE_MASK
+    nbits = (t >> tans.ENTRY_NBITS_SHIFT) & 0xF
+    symbol = t >> tans.ENTRY_SYMBOL_SHIFT
+    if np.any(base + (1 << nbits) > 1 << g.table_log) or np.any(
+            (symbol < g.first_symbol) | (symbol >= g.first_symbol + g.table_symbols)):
+        raise FormatError(
+            f"{label}: the decode table built from its counts (table_log {g.table_log}) "
+            "has entries outside the table; the counts or table_log are invalid")
+    return table
+
+
+def _host_parts(enc: EncodedTensor, label: str) -> _Parts:
+    g = enc.geometry
+    table = _decode_table(enc, label)
     sizes = np.asarray(enc.lane_sizes).astype(np.int64)
     lane_bits = np.concatenate(([0], np.cumsum(sizes))) * 8
     # A corrupt lane can read table_log + 12 * lane_symbols bits past its start
     # (12 bits per step at most) before the end-of-lane check rejects it.
     slack = (tans.MAX_TABLE_LOG * (g.lane_symbols + 1)) // 32 + 3
     payload = _words(np.asarray(enc.payload, dtype=np.uint8), slack)
-    raw = _words(np.asarray(enc.raw, dtype=np.uint8), 2)
+    # Finished lanes keep reading one row of 32 fields past the tensor's end.
+    raw = _words(np.asarray(enc.raw, dtype=np.uint8), RAW_SLACK_WORDS)
     return _Parts(torch.from_numpy(table.view(np.int32).copy()), torch.from_numpy(lane_bits),
                   torch.from_numpy(payload), torch.from_numpy(raw))
 
@@ -351,7 +414,7 @@ class DeviceCodedTensor:
             raw = np.ascontiguousarray(np.asarray(enc.raw, dtype=np.uint8)).copy()
             self.data = torch.from_numpy(raw).to(self.device)
         else:
-            host = _host_parts(enc)
+            host = _host_parts(enc, label)
             self.parts = _Parts(*(t.to(self.device) for t in
                                   (host.table, host.lane_bits, host.payload, host.raw)))
         self._decoder: DeviceBlockDecoder | None = None
@@ -381,8 +444,8 @@ class DeviceCodedTensor:
         into ``out`` when given (same dtype, ``count`` elements, contiguous,
         on this device). One launch, no synchronisation."""
         if out is None:
-            if self.data is not None:
-                return _typed_view(self.data, self.dtype, self.shape)
+            if self.data is not None:       # a new tensor, as for tans: not a view
+                return _typed_view(self.data.clone(), self.dtype, self.shape)
             out = torch.empty(self.shape, dtype=self.torch_dtype, device=self.device)
         _check_output(out, self.device, self.torch_dtype, self.count, self.name)
         if self.data is not None:
@@ -410,16 +473,16 @@ def _typed_view(data: torch.Tensor, dtype: str, shape) -> torch.Tensor:
 def _check_output(out, device, dtype, numel, label) -> None:
     what = f"output for tensor {label!r}" if label else "output"
     if not isinstance(out, torch.Tensor):
-        raise OutputBufferError(f"{what} must be a torch.Tensor, got {type(out).__name__}")
+        raise DecoderArgumentError(f"{what} must be a torch.Tensor, got {type(out).__name__}")
     if out.device != device:
-        raise OutputBufferError(f"{what} is on {out.device}, the coded data on {device}; "
+        raise DecoderArgumentError(f"{what} is on {out.device}, the coded data on {device}; "
                                 "allocate it on the decoder's device")
     if out.dtype != dtype:
-        raise OutputBufferError(f"{what} has dtype {out.dtype}, expected {dtype}")
+        raise DecoderArgumentError(f"{what} has dtype {out.dtype}, expected {dtype}")
     if not out.is_contiguous():
-        raise OutputBufferError(f"{what} is not contiguous; pass a contiguous tensor")
+        raise DecoderArgumentError(f"{what} is not contiguous; pass a contiguous tensor")
     if out.numel() != numel:
-        raise OutputBufferError(f"{what} has {out.numel()} elements, expected {numel}")
+        raise DecoderArgumentError(f"{what} has {out.numel()} elements, expected {numel}")
 
 
 class DeviceBlockDecoder:
@@ -429,7 +492,7 @@ class DeviceBlockDecoder:
                  num_warps: int = 4, device=None):
         tensors = list(tensors)
         if not tensors:
-            raise OutputBufferError("DeviceBlockDecoder needs at least one tensor")
+            raise DecoderArgumentError("DeviceBlockDecoder needs at least one tensor")
         for t in tensors:
             if not isinstance(t, DeviceCodedTensor):
                 raise UnsupportedError(
@@ -445,14 +508,14 @@ class DeviceBlockDecoder:
     @classmethod
     def from_encoded(cls, encoded: Sequence[EncodedTensor], device="cuda", *,
                      names: Sequence[str] | None = None, groups_per_program: int = 4,
-                     num_warps: int = 4) -> "DeviceBlockDecoder":
+                     num_warps: int = 4) -> DeviceBlockDecoder:
         """Build on the host and upload each concatenated buffer once."""
         encoded = list(encoded)
         names = list(names) if names is not None else [None] * len(encoded)
         if len(names) != len(encoded):
-            raise OutputBufferError(f"{len(names)} names for {len(encoded)} tensors")
+            raise DecoderArgumentError(f"{len(names)} names for {len(encoded)} tensors")
         if not encoded:
-            raise OutputBufferError("DeviceBlockDecoder needs at least one tensor")
+            raise DecoderArgumentError("DeviceBlockDecoder needs at least one tensor")
         self = cls.__new__(cls)
         self.device = _device(device)
         items = []
@@ -462,7 +525,8 @@ class DeviceBlockDecoder:
                 raw = torch.from_numpy(np.asarray(enc.raw, dtype=np.uint8).copy())
                 items.append((nm, enc.dtype, tuple(enc.shape), None, None, raw.to(self.device)))
             else:
-                items.append((nm, enc.dtype, tuple(enc.shape), enc.geometry, _host_parts(enc), None))
+                items.append((nm, enc.dtype, tuple(enc.shape), enc.geometry,
+                              _host_parts(enc, f"tensor {nm!r}" if nm else "tensor"), None))
         self._build(items, groups_per_program, num_warps)
         return self
 
@@ -481,7 +545,7 @@ class DeviceBlockDecoder:
         out_at = 0
         for i, (_, dtype, _, g, parts, data) in enumerate(items):
             if g is None:
-                self._raw_data[i] = data
+                self._raw_data[i] = data.to(self.device)
                 continue
             self._slots[i] = out_at
             itemsize = g.width // 8
@@ -569,19 +633,19 @@ class DeviceBlockDecoder:
 
     def _check_buffer(self, out) -> None:
         if not isinstance(out, torch.Tensor):
-            raise OutputBufferError(f"output buffer must be a torch.Tensor, got {type(out).__name__}")
+            raise DecoderArgumentError(f"output buffer must be a torch.Tensor, got {type(out).__name__}")
         if out.device != self.device:
-            raise OutputBufferError(f"output buffer is on {out.device}, the coded block on "
+            raise DecoderArgumentError(f"output buffer is on {out.device}, the coded block on "
                                     f"{self.device}; allocate it with new_output()")
         if out.dtype != torch.uint8 or out.dim() != 1 or not out.is_contiguous():
-            raise OutputBufferError(
+            raise DecoderArgumentError(
                 f"output buffer must be a contiguous 1-D uint8 tensor, got {out.dtype} "
                 f"with shape {tuple(out.shape)}; allocate it with new_output()")
         if out.numel() < self.out_nbytes:
-            raise OutputBufferError(f"output buffer holds {out.numel()} bytes, the block "
+            raise DecoderArgumentError(f"output buffer holds {out.numel()} bytes, the block "
                                     f"needs {self.out_nbytes}")
         if out.data_ptr() % 16:
-            raise OutputBufferError("output buffer must start on a 16-byte boundary")
+            raise DecoderArgumentError("output buffer must start on a 16-byte boundary")
 
     def _make_views(self, out: torch.Tensor) -> list[torch.Tensor]:
         views = []
@@ -617,7 +681,10 @@ def decode(geometry: CodedGeometry, counts: np.ndarray, lane_sizes: np.ndarray,
            device=None) -> np.ndarray:
     """Same contract as numpy_ref.decode, computed on the GPU (or, under
     TRITON_INTERPRET=1, on the CPU). Synchronises; not for the hot path."""
-    layout = next((lay for lay in FLOAT_LAYOUTS.values() if lay.width == geometry.width), None)
+    layouts = [lay for lay in FLOAT_LAYOUTS.values() if lay.width == geometry.width]
+    # Decoding depends on the width alone; the narrowest exponent accepts
+    # every symbol_bits an encoder of that width can choose.
+    layout = min(layouts, key=lambda lay: lay.exponent_bits) if layouts else None
     if layout is None:
         raise UnsupportedError(f"no float layout of width {geometry.width}")
     if device is None:

@@ -20,10 +20,11 @@ MAX_SYMBOL_BITS = 12     # alphabet of at most 4096 symbols
 
 
 def spread_step(table_log: int) -> int:
-    """Stride used to scatter symbols over the table. Odd, so it visits every
-    slot of a power-of-two table exactly once."""
+    """Stride used to scatter symbols over the table. Forced odd, so it visits
+    every slot of a power-of-two table exactly once (L/2 + L/8 + 3 is already
+    odd for L >= 16 and L = 4; the ``| 1`` matters for L = 2 and 8)."""
     size = 1 << table_log
-    return (size >> 1) + (size >> 3) + 3
+    return ((size >> 1) + (size >> 3) + 3) | 1
 
 
 def spread_symbols(counts: np.ndarray, table_log: int) -> np.ndarray:

@@ -1,0 +1,389 @@
+"""The Triton GPU decoder against the NumPy reference, bit for bit.
+
+Without a GPU the kernel runs in Triton's interpreter (TRITON_INTERPRET=1,
+set by the ``device`` fixture only while these tests run) on CPU tensors.
+The interpreter costs a few milliseconds per step whatever the number of
+lanes, so the tests use short lanes (small ``lane_symbols``) and many groups
+per program. ``test_compiles_for`` builds the real kernel for sm_80 and
+sm_90 with no GPU, so a kernel that the interpreter accepts but the compiler
+rejects still fails here.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+triton = pytest.importorskip("triton")
+
+from floatzip.backends import numpy_ref  # noqa: E402
+from floatzip.backends import triton_decode as td  # noqa: E402
+from floatzip.codecs import model, tans  # noqa: E402
+from floatzip.codecs.encoded import (  # noqa: E402
+    CODEC_RAW, CODEC_TANS, EncodedTensor, checksum, decode_tensor, encode_tensor)
+from floatzip.codecs.layout import CodedGeometry  # noqa: E402
+from floatzip.dtypes import FLOAT_LAYOUTS, rotate_sign_down  # noqa: E402
+from floatzip.errors import (  # noqa: E402
+    CorruptDataError, FloatzipError, FormatError, UnsupportedError)
+
+# Many groups per program: the interpreter's cost is per step, not per lane.
+WIDE = 64
+
+
+@pytest.fixture
+def device(monkeypatch):
+    if torch.cuda.is_available():
+        return "cuda"
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    return "cpu"
+
+
+# -- helpers ---------------------------------------------------------------
+
+def bf16_bits(x: np.ndarray) -> np.ndarray:
+    return torch.from_numpy(x.astype(np.float32)).to(torch.bfloat16).view(torch.int16) \
+        .numpy().view(np.uint16)
+
+
+def weights(rng, n, dtype) -> np.ndarray:
+    """N(0, 0.02) weights as their bits."""
+    x = rng.standard_normal(n).astype(np.float32) * 0.02
+    if dtype == "BF16":
+        return bf16_bits(x)
+    if dtype == "F16":
+        return x.astype(np.float16).view(np.uint16)
+    if dtype == "F32":
+        return x.view(np.uint32)
+    if dtype in ("F8_E4M3", "F8_E5M2"):
+        t = torch.from_numpy(x * 50).to(td.TORCH_DTYPES[dtype])
+        return t.view(torch.uint8).numpy()
+    raise AssertionError(dtype)
+
+
+def encode(bits: np.ndarray, dtype: str, shape=None, **kw) -> EncodedTensor:
+    shape = (bits.size,) if shape is None else shape
+    return encode_tensor(bits.view(np.uint8), dtype, shape, backend="numpy", **kw)
+
+
+def force_tans(bits: np.ndarray, dtype: str, symbol_bits: int, table_log: int,
+               lane_symbols: int, shape=None) -> EncodedTensor:
+    """Tans-code with the given parameters even where raw would be smaller."""
+    layout = FLOAT_LAYOUTS[dtype]
+    rotated = rotate_sign_down(bits.ravel(), layout.width)
+    hist = model.symbol_histogram(rotated, layout.width, symbol_bits)
+    used = np.flatnonzero(hist)
+    first, last = int(used[0]), int(used[-1])
+    counts = tans.normalize_counts(hist[first:last + 1], table_log)
+    args = dict(width=layout.width, symbol_bits=symbol_bits, table_log=table_log,
+                first_symbol=first, lane_symbols=lane_symbols)
+    lane_sizes, payload, raw = numpy_ref.encode(bits.ravel(), args, counts)
+    geometry = CodedGeometry(count=bits.size, width=layout.width, symbol_bits=symbol_bits,
+                             table_log=table_log, first_symbol=first,
+                             table_symbols=len(counts), lane_symbols=lane_symbols,
+                             payload_bytes=int(payload.size))
+    return EncodedTensor(dtype, (bits.size,) if shape is None else shape, CODEC_TANS,
+                         checksum(bits.view(np.uint8)), geometry, counts, lane_sizes, payload, raw)
+
+
+def device_bytes(t: torch.Tensor) -> np.ndarray:
+    return t.detach().contiguous().view(-1).view(torch.uint8).cpu().numpy()
+
+
+def assert_decodes(enc: EncodedTensor, device, groups_per_program=WIDE):
+    """Device decode == reference decode == the original bytes."""
+    ref = decode_tensor(enc, backend="numpy")
+    dec = td.DeviceBlockDecoder.from_encoded([enc], device, groups_per_program=groups_per_program)
+    (out,) = dec.decode()
+    dec.check()
+    assert out.dtype == td.TORCH_DTYPES[enc.dtype]
+    assert tuple(out.shape) == tuple(enc.shape)
+    np.testing.assert_array_equal(device_bytes(out), ref)
+
+
+# -- bit-exactness ---------------------------------------------------------
+
+def test_every_bf16_value(device):
+    """All 65,536 BF16 bit patterns (inf, NaN payloads, subnormals, +-0),
+    mixed into weights so that the tans codec is chosen."""
+    rng = np.random.default_rng(1)
+    bits = np.concatenate((np.arange(1 << 16, dtype=np.uint16), weights(rng, 3 << 16, "BF16")))
+    rng.shuffle(bits)
+    enc = encode(bits, "BF16", (512, 512), lane_symbols=128)
+    assert enc.codec == CODEC_TANS
+    assert_decodes(enc, device)
+
+
+@pytest.mark.parametrize("dtype", ["F16", "F32", "F8_E4M3", "F8_E5M2"])
+def test_random_weights(device, dtype):
+    rng = np.random.default_rng(2)
+    enc = encode(weights(rng, 24_000, dtype), dtype, (40, 600), lane_symbols=64)
+    assert enc.codec == CODEC_TANS
+    assert_decodes(enc, device)
+
+
+def test_default_lane_symbols(device):
+    """The default geometry: 1024 symbols a lane, a second group of 5 lanes."""
+    rng = np.random.default_rng(3)
+    enc = encode(weights(rng, 32 * 1024 + 5, "BF16"), "BF16")
+    assert enc.geometry.lane_symbols == model.DEFAULT_LANE_SYMBOLS
+    assert enc.geometry.groups == 2
+    assert_decodes(enc, device)
+
+
+@pytest.mark.parametrize("dtype", ["BF16", "F16", "F32", "F8_E4M3"])
+def test_one_value(device, dtype):
+    """A single value: one group with one lane of one symbol, 31 empty lanes."""
+    bits = weights(np.random.default_rng(4), 1, dtype)
+    layout = FLOAT_LAYOUTS[dtype]
+    enc = force_tans(bits, dtype, layout.exponent_bits, 5, 1, shape=())
+    assert_decodes(enc, device)
+    assert encode(bits, dtype, (1,)).codec == CODEC_RAW     # what the encoder picks
+
+
+@pytest.mark.parametrize("groups_per_program", [1, 4])
+@pytest.mark.parametrize("count", [32 * 16 * 5 + 37, 32 * 16 * 4 - 1, 33])
+def test_tails(device, count, groups_per_program):
+    """Tails that fill neither a group nor a lane, and programs that get
+    fewer groups than they could take."""
+    rng = np.random.default_rng(count)
+    enc = force_tans(weights(rng, count, "BF16"), "BF16", 9, 10, 16)
+    assert_decodes(enc, device, groups_per_program)
+
+
+def test_alphabet_of_one_symbol(device):
+    bits = np.full(5000, bf16_bits(np.array([0.5]))[0], dtype=np.uint16)
+    bits[::7] ^= 1          # the sign is a raw bit: the symbol stays the same
+    enc = encode(bits, "BF16", table_log=2, lane_symbols=32)
+    assert enc.codec == CODEC_TANS
+    assert enc.geometry.table_symbols == 1 and enc.geometry.table_log == 2
+    assert_decodes(enc, device)
+
+
+def test_alphabet_of_4096_symbols(device):
+    """The largest alphabet and table: 12-bit symbols, table_log 12, every
+    entry a different symbol."""
+    rng = np.random.default_rng(5)
+    low = rng.integers(0, 1 << 20, 8192, dtype=np.uint32)
+    symbols = np.concatenate((np.arange(4096), rng.integers(0, 4096, 4096))).astype(np.uint32)
+    rotated = (symbols << np.uint32(20)) | low
+    bits = (rotated >> np.uint32(1)) | ((rotated & np.uint32(1)) << np.uint32(31))   # rotate up
+    enc = force_tans(bits, "F32", 12, 12, 64)
+    assert enc.geometry.table_symbols == 4096 and enc.geometry.table_log == 12
+    assert_decodes(enc, device)
+
+
+def block_of_tensors(rng):
+    encs = [
+        encode(weights(rng, 40 * 96, "BF16"), "BF16", (40, 96), lane_symbols=16),
+        encode(weights(rng, 5001, "F16"), "F16", (5001,), lane_symbols=32),
+        encode(weights(rng, 3000, "F32"), "F32", (30, 100), lane_symbols=8),
+        encode(weights(rng, 4000, "F8_E4M3"), "F8_E4M3", (4000,), lane_symbols=16),
+        encode(rng.integers(0, 9, 10).astype(np.int64), "I64", (2, 5)),          # raw codec
+        force_tans(weights(rng, 1, "BF16"), "BF16", 8, 4, 1),
+        encode(np.full(999, bf16_bits(np.array([1.0]))[0]), "BF16", (999,), lane_symbols=8),
+        encode(weights(rng, 7, "F32"), "F32", (7,)),                               # raw codec
+    ]
+    return encs
+
+
+def test_block_in_one_launch(device):
+    rng = np.random.default_rng(6)
+    encs = block_of_tensors(rng)
+    assert {e.codec for e in encs} == {CODEC_TANS, CODEC_RAW}
+    names = [f"layer.{i}" for i in range(len(encs))]
+    dec = td.DeviceBlockDecoder.from_encoded(encs, device, names=names, groups_per_program=8)
+    refs = [decode_tensor(e, backend="numpy") for e in encs]
+
+    def check(outs):
+        assert len(outs) == len(encs)
+        for enc, out, ref in zip(encs, outs, refs):
+            assert out.dtype == td.TORCH_DTYPES[enc.dtype]
+            assert tuple(out.shape) == enc.shape
+            np.testing.assert_array_equal(device_bytes(out), ref)
+
+    check(dec.decode())
+    buf = dec.new_output()
+    buf.fill_(0xA5)                   # poison: every byte of every slot must be written
+    check(dec.decode(buf))
+    check(dec.decode())               # the reused internal buffer, again
+    dec.check()
+
+    # The same block assembled from DeviceCodedTensors.
+    tensors = [td.DeviceCodedTensor(e, device, name=n) for e, n in zip(encs, names)]
+    check(td.DeviceBlockDecoder(tensors, groups_per_program=2).decode())
+    check([t.decode() for t in tensors])
+
+
+def test_single_tensor_into_typed_output(device):
+    enc = encode(weights(np.random.default_rng(7), 3000, "F16"), "F16", (3, 1000), lane_symbols=16)
+    t = td.DeviceCodedTensor(enc, device, name="w")
+    out = torch.full((3, 1000), float("nan"), dtype=torch.float16, device=device)
+    assert t.decode(out) is not None
+    np.testing.assert_array_equal(device_bytes(out), decode_tensor(enc, backend="numpy"))
+    t.check()
+    # The table (4 << table_log bytes) dominates so small a tensor.
+    assert enc.geometry.payload_bytes + enc.geometry.raw_bytes < t.nbytes
+
+
+def test_backend_interface(device):
+    enc = encode(weights(np.random.default_rng(8), 2000, "BF16"), "BF16", lane_symbols=16)
+    g = enc.geometry
+    args = (g, enc.counts, enc.lane_sizes, enc.payload, enc.raw, np.uint16)
+    np.testing.assert_array_equal(td.decode(*args, device=device), numpy_ref.decode(*args))
+    with pytest.raises(UnsupportedError):
+        td.encode(None, None, None)
+
+
+# -- corrupt streams -------------------------------------------------------
+
+def test_corrupt_lanes_are_flagged_like_the_reference(device):
+    """A flipped payload byte is flagged by the kernel exactly when the
+    reference rejects it; decoding never reads outside the buffers."""
+    rng = np.random.default_rng(9)
+    enc = encode(weights(rng, 8192, "BF16"), "BF16", lane_symbols=32)
+    g = enc.geometry
+    corrupt = []
+    for at in rng.choice(g.payload_bytes, 12, replace=False):
+        payload = enc.payload.copy()
+        payload[at] ^= 1 << int(rng.integers(8))
+        corrupt.append(EncodedTensor(enc.dtype, enc.shape, CODEC_TANS, enc.checksum, g,
+                                     enc.counts, enc.lane_sizes, payload, enc.raw))
+    dec = td.DeviceBlockDecoder.from_encoded(corrupt, device, groups_per_program=WIDE)
+    dec.decode()
+    flagged = int(dec.errors.item())
+    rejected = 0
+    for c in corrupt:
+        try:
+            numpy_ref.decode(g, c.counts, c.lane_sizes, c.payload, c.raw, np.uint16)
+        except CorruptDataError:
+            rejected += 1
+    assert rejected > 0
+    assert (flagged > 0) == (rejected > 0)
+    with pytest.raises(CorruptDataError, match="lane"):
+        dec.check()
+    dec.check()                   # the count was reset
+    # Each corrupt tensor alone: flagged iff the reference rejects it.
+    for c in corrupt:
+        one = td.DeviceBlockDecoder.from_encoded([c], device, groups_per_program=WIDE)
+        one.decode()
+        try:
+            numpy_ref.decode(g, c.counts, c.lane_sizes, c.payload, c.raw, np.uint16)
+            ref_bad = False
+        except CorruptDataError:
+            ref_bad = True
+        assert (int(one.errors.item()) > 0) == ref_bad
+
+
+# -- host-side checks ------------------------------------------------------
+
+def test_cpu_needs_the_interpreter(monkeypatch):
+    enc = encode(weights(np.random.default_rng(10), 100, "BF16"), "BF16")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(UnsupportedError, match="TRITON_INTERPRET"):
+        td.DeviceCodedTensor(enc, "cpu")
+    with pytest.raises(UnsupportedError):
+        td.DeviceBlockDecoder.from_encoded([enc], "meta")
+
+
+def test_bad_inputs_raise_floatzip_errors(device):
+    rng = np.random.default_rng(11)
+    enc = encode(weights(rng, 3000, "BF16"), "BF16", (3000,), lane_symbols=32)
+    dec = td.DeviceBlockDecoder.from_encoded([enc], device)
+    good = dec.new_output()
+    for bad in (good.view(torch.int16), good[:dec.out_nbytes - 1],
+                good[1:], torch.zeros(2, dec.out_nbytes, dtype=torch.uint8, device=device)[:, 0],
+                "not a tensor"):
+        with pytest.raises(td.DecoderArgumentError):
+            dec.decode(bad)
+    t = td.DeviceCodedTensor(enc, device)
+    with pytest.raises(td.DecoderArgumentError, match="dtype"):
+        t.decode(torch.empty(3000, dtype=torch.float16, device=device))
+    with pytest.raises(td.DecoderArgumentError, match="elements"):
+        t.decode(torch.empty(2999, dtype=torch.bfloat16, device=device))
+    with pytest.raises(td.DecoderArgumentError, match="contiguous"):
+        t.decode(torch.empty(6000, dtype=torch.bfloat16, device=device)[::2])
+
+    broken = EncodedTensor(enc.dtype, enc.shape, enc.codec, enc.checksum, enc.geometry,
+                           enc.counts, enc.lane_sizes[:-1], enc.payload, enc.raw)
+    with pytest.raises(FormatError, match="lane_sizes"):
+        td.DeviceCodedTensor(broken, device, name="w")
+    odd = EncodedTensor(enc.dtype, enc.shape, "zstd", enc.checksum)
+    with pytest.raises(UnsupportedError, match="zstd"):
+        td.DeviceCodedTensor(odd, device)
+    assert issubclass(td.DecoderArgumentError, FloatzipError)
+
+
+def test_a_table_that_leaves_itself_is_rejected(device, monkeypatch):
+    """The kernel reads the table unmasked, so every next state must stay
+    inside it; the host checks the table before it goes to the device."""
+    enc = encode(weights(np.random.default_rng(12), 3000, "BF16"), "BF16", lane_symbols=32)
+    real = tans.build_decode_table
+
+    def broken(counts, first_symbol, table_log):
+        table = real(counts, first_symbol, table_log).copy()
+        table[7] = (table[7] & ~np.uint32(0xFFFF)) | np.uint32(1 << table_log)   # base = size
+        return table
+
+    monkeypatch.setattr(tans, "build_decode_table", broken)
+    with pytest.raises(FormatError, match="decode table"):
+        td.DeviceCodedTensor(enc, device, name="w")
+
+
+def test_descriptor_columns_match_the_kernel():
+    """The kernel reads descriptor columns by number; each read is tagged
+    with the DESC_* name whose value it must equal."""
+    import inspect
+    import re
+    source = inspect.getsource(td._decode_kernel)
+    reads = re.findall(r"tl\.load\(row \+ (\d+)\).*# (DESC_\w+)", source)
+    assert len(reads) == 12
+    for column, name in reads:
+        assert getattr(td, name) == int(column), name
+    assert max(int(c) for c, _ in reads) < td.DESC_FIELDS
+
+
+# -- the real compiler, without a GPU --------------------------------------
+
+SIGNATURES = {
+    "decode": {"desc_ptr": "*i64", "table_ptr": "*i32", "lane_ptr": "*i64",
+               "payload_ptr": "*i32", "raw_ptr": "*i32", "out_ptr": "*u8", "err_ptr": "*i32",
+               "DESC_FIELDS": "constexpr", "GROUPS": "constexpr"},
+}
+
+
+def compile_for(kernel_name, capability, groups, num_warps):
+    from triton.backends.compiler import GPUTarget
+    from triton.runtime.jit import JITFunction
+    fn = JITFunction(td.KERNELS[kernel_name])
+    src = triton.compiler.ASTSource(
+        fn=fn, signature=SIGNATURES[kernel_name],
+        constexprs={"DESC_FIELDS": td.DESC_FIELDS, "GROUPS": groups})
+    return triton.compile(src, target=GPUTarget("cuda", capability, 32),
+                          options={"num_warps": num_warps})
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("capability", [80, 90])
+def test_compiles_for(capability, tmp_path):
+    """Every kernel builds to machine code for Ampere and Hopper, with no
+    spills to local memory."""
+    if "nvidia" not in triton.backends.backends:
+        pytest.skip("this Triton has no NVIDIA back end")
+    assert set(SIGNATURES) == set(td.KERNELS)
+    cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin",
+                             "cuobjdump")
+    for kernel_name in td.KERNELS:
+        for groups, num_warps in ((1, 1), (4, 4)):
+            compiled = compile_for(kernel_name, capability, groups, num_warps)
+            cubin = compiled.asm["cubin"]
+            assert len(cubin) > 0 and f"sm_{capability}" in compiled.asm["ptx"]
+            if shutil.which(cuobjdump) or os.path.exists(cuobjdump):
+                path = tmp_path / f"{kernel_name}_{capability}_{groups}.cubin"
+                path.write_bytes(cubin)
+                usage = subprocess.run([cuobjdump, "-res-usage", str(path)],
+                                       capture_output=True, text=True).stdout
+                assert "LOCAL:0" in usage, usage
