@@ -1,18 +1,16 @@
 """Fuzzing the reader and decoders: damaged files must raise a FloatzipError
 or decode to exactly the original bytes — never crash, hang or return wrong
 data. Runs against every back end, since numba does no bounds checks."""
-import os
 
 import numpy as np
 import pytest
+from conftest import bf16_bits, write_safetensors
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import floatzip
 from floatzip.api import _decode
 from floatzip.format.container import FloatzipFile
-
-from conftest import bf16_bits, write_safetensors
 
 BACKENDS = ["numpy", "numba"]
 
