@@ -59,8 +59,7 @@ def cmd_verify(args) -> int:
 
 def cmd_info(args) -> int:
     from .info import print_info
-    return print_info(args.path, bound=not args.no_bound, per_tensor=not args.summary,
-                      backend=args.backend)
+    return print_info(args.path, per_tensor=not args.summary)
 
 
 def cmd_demo(args) -> int:
@@ -104,10 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("info", help="per-tensor ratio, bits/weight and the entropy bound")
     p.add_argument("path")
-    p.add_argument("--no-bound", action="store_true",
-                   help="skip the entropy bound (it needs decoding every tensor)")
     p.add_argument("--summary", action="store_true", help="totals only")
-    p.add_argument("--backend", choices=["numba", "numpy"], default=None)
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("demo", help="compress the bundled all-MiniLM-L6-v2 model and check it")

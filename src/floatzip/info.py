@@ -5,10 +5,9 @@ from __future__ import annotations
 import os
 
 from . import api
-from .codecs.encoded import decode_tensor
 from .dtypes import ITEMSIZE
-from .format.container import FloatzipFile
-from .stats import exponent_bound_bits
+from .errors import FormatError
+from .format.container import BOUND_FIELD, FORMAT_VERSION, FloatzipFile
 
 
 def _files(path: str) -> list[str]:
@@ -18,47 +17,39 @@ def _files(path: str) -> list[str]:
     return [path]
 
 
-def print_info(path: str, *, bound: bool = True, per_tensor: bool = True, backend=None) -> int:
+def print_info(path: str, *, per_tensor: bool = True) -> int:
+    """Reads headers only: instant on any size of checkpoint."""
     files = _files(path)
     if os.path.isdir(path) and not files:
-        from .errors import FormatError
         raise FormatError(f"{path}: holds no floatzip files")
-    total = {"orig": 0, "blob": 0, "weights": 0, "bound": 0.0, "file_orig": 0, "file": 0}
-    bounded_orig = 0
+    orig = blob = bound_orig = file_orig = file_size = 0
+    bound = 0.0
     for file in files:
         fz = FloatzipFile(file)
-        print(f"{file}: floatzip format v1, {len(fz.tensors)} tensors")
+        print(f"{file}: floatzip format v{FORMAT_VERSION}, {len(fz.tensors)} tensors")
         if per_tensor:
             print(f"  {'tensor':<48} {'dtype':<8} {'shape':<16} {'codec':<5} "
                   f"{'ratio':>7} {'bits/w':>7} {'bound':>7}")
         for name, t in fz.tensors.items():
             src = t.source
             n = max(1, src.nbytes // ITEMSIZE[src.dtype])
-            bits_w = 8 * t.blob_bytes / n
-            bnd = None
-            if bound:
-                enc = fz.encoded(name)
-                data = decode_tensor(enc, backend=backend, verify=False)
-                b = exponent_bound_bits(data, src.dtype)
-                if b is not None:
-                    bnd = b / n
-                    total["bound"] += b / 8
-                    bounded_orig += src.nbytes
-            total["orig"] += src.nbytes
-            total["blob"] += t.blob_bytes
+            tensor_bound = t.params.get(BOUND_FIELD)
+            if tensor_bound is not None:
+                bound += tensor_bound / 8
+                bound_orig += src.nbytes
+            orig += src.nbytes
+            blob += t.blob_bytes
             if per_tensor:
                 shape = "x".join(map(str, src.shape)) or "scalar"
+                shown = "" if tensor_bound is None else f"{tensor_bound / n:7.3f}"
                 print(f"  {name[:48]:<48} {src.dtype:<8} {shape[:16]:<16} {t.params['codec']:<5} "
-                      f"{t.blob_bytes / max(src.nbytes, 1):>7.4f} {bits_w:>7.3f} "
-                      f"{'' if bnd is None else f'{bnd:7.3f}':>7}")
-        total["file"] += os.path.getsize(file)
-        total["file_orig"] += fz.source.data_start + fz.source.data_bytes
-    print(f"tensor data: {total['orig']:,} -> {total['blob']:,} bytes, "
-          f"ratio {total['blob'] / max(total['orig'], 1):.4f}")
-    print(f"whole files: {total['file_orig']:,} -> {total['file']:,} bytes, "
-          f"ratio {total['file'] / max(total['file_orig'], 1):.4f} (headers included)")
-    if bound and bounded_orig:
-        raw_rest = total["orig"] - bounded_orig
-        print(f"order-0 exponent bound (exponent at its entropy, other bits raw): "
-              f"ratio {(total['bound'] + raw_rest) / max(total['orig'], 1):.4f}")
+                      f"{t.blob_bytes / max(src.nbytes, 1):>7.4f} {8 * t.blob_bytes / n:>7.3f} {shown:>7}")
+        file_size += os.path.getsize(file)
+        file_orig += fz.source.data_start + fz.source.data_bytes
+    print(f"tensor data: {orig:,} -> {blob:,} bytes, ratio {blob / max(orig, 1):.4f}")
+    print(f"whole files: {file_orig:,} -> {file_size:,} bytes, "
+          f"ratio {file_size / max(file_orig, 1):.4f} (headers included)")
+    if bound_orig:
+        print("order-0 bound (exponent at its entropy, other bits raw): "
+              f"ratio {(bound + orig - bound_orig) / max(orig, 1):.4f}")
     return 0

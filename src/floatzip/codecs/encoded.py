@@ -11,6 +11,7 @@ import xxhash
 from .. import backends
 from ..dtypes import FLOAT_LAYOUTS, ITEMSIZE
 from ..errors import CorruptDataError
+from ..stats import exponent_bound_bits
 from . import model
 from .layout import CodedGeometry
 
@@ -29,6 +30,7 @@ class EncodedTensor:
     lane_sizes: np.ndarray | None = None    # tans: uint16[lanes]
     payload: np.ndarray | None = None       # tans: uint8[payload_bytes]
     raw: np.ndarray | None = None           # tans: packed raw fields; raw codec: the original bytes
+    bound_bits: int | None = None           # floats: order-0 exponent bound, informative
 
     @property
     def count(self) -> int:
@@ -51,7 +53,9 @@ def encode_tensor(data: np.ndarray, dtype: str, shape, *, backend=None, workers:
     shape = tuple(int(d) for d in shape)
     digest = checksum(raw_bytes)
     layout = FLOAT_LAYOUTS.get(dtype)
+    bound = None
     if layout is not None:
+        bound = int(round(exponent_bound_bits(raw_bytes, dtype)))
         bits = raw_bytes.view(layout.storage)
         choice = model.choose_coding(bits, layout, table_log=table_log, lane_symbols=lane_symbols)
         if choice is not None:
@@ -63,8 +67,8 @@ def encode_tensor(data: np.ndarray, dtype: str, shape, *, backend=None, workers:
             geometry = model.geometry_for(choice, layout, bits.size, int(payload.size))
             if geometry.blob_bytes < raw_bytes.size:
                 return EncodedTensor(dtype, shape, CODEC_TANS, digest, geometry,
-                                     choice.counts, lane_sizes, payload, raw)
-    return EncodedTensor(dtype, shape, CODEC_RAW, digest, raw=raw_bytes)
+                                     choice.counts, lane_sizes, payload, raw, bound)
+    return EncodedTensor(dtype, shape, CODEC_RAW, digest, raw=raw_bytes, bound_bits=bound)
 
 
 def decode_tensor(enc: EncodedTensor, *, backend=None, workers: int = 1,

@@ -30,6 +30,9 @@ KEY_VERSION = "floatzip.version"
 KEY_SOURCE_HEADER = "floatzip.source_header"
 KEY_TENSORS = "floatzip.tensors"
 
+# Informative, optional: the order-0 entropy bound of the tensor (its exponent
+# at its entropy, every other bit raw) in bits, shown by `floatzip info`.
+BOUND_FIELD = "bound_bits"
 _TANS_FIELDS = ("codec", "symbol_bits", "table_log", "first_symbol", "table_symbols",
                 "lane_symbols", "payload_bytes", "xxh3")
 
@@ -38,12 +41,16 @@ _TANS_FIELDS = ("codec", "symbol_bits", "table_log", "first_symbol", "table_symb
 
 def tensor_params(enc: EncodedTensor) -> dict:
     if enc.codec == CODEC_RAW:
-        return {"codec": CODEC_RAW, "xxh3": f"{enc.checksum:016x}"}
-    g = enc.geometry
-    return {"codec": CODEC_TANS, "symbol_bits": g.symbol_bits, "table_log": g.table_log,
-            "first_symbol": g.first_symbol, "table_symbols": g.table_symbols,
-            "lane_symbols": g.lane_symbols, "payload_bytes": g.payload_bytes,
-            "xxh3": f"{enc.checksum:016x}"}
+        params = {"codec": CODEC_RAW, "xxh3": f"{enc.checksum:016x}"}
+    else:
+        g = enc.geometry
+        params = {"codec": CODEC_TANS, "symbol_bits": g.symbol_bits, "table_log": g.table_log,
+                  "first_symbol": g.first_symbol, "table_symbols": g.table_symbols,
+                  "lane_symbols": g.lane_symbols, "payload_bytes": g.payload_bytes,
+                  "xxh3": f"{enc.checksum:016x}"}
+    if enc.bound_bits is not None:
+        params[BOUND_FIELD] = enc.bound_bits
+    return params
 
 
 def blob_parts(enc: EncodedTensor) -> list[np.ndarray]:
@@ -218,6 +225,11 @@ def _validate_params(name: str, params, source, blob_bytes: int, where: str) -> 
         raise bad("coding parameters are not a JSON object")
     codec = params.get("codec")
     xxh = params.get("xxh3")
+    if BOUND_FIELD in params:
+        bound = params[BOUND_FIELD]
+        if type(bound) is not int or not 0 <= bound <= 8 * source.nbytes:
+            raise bad(f"'{BOUND_FIELD}' must be an integer in [0, {8 * source.nbytes}], found {bound!r}")
+        params = {k: v for k, v in params.items() if k != BOUND_FIELD}
     if not (isinstance(xxh, str) and len(xxh) == 16 and all(c in "0123456789abcdef" for c in xxh)):
         raise bad(f"'xxh3' must be 16 lowercase hex digits, found {xxh!r}")
     if codec == CODEC_RAW:
