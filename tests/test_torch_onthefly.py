@@ -1,0 +1,179 @@
+"""The on-the-fly machinery piece by piece: finding the blocks, decoding
+parts of a coded tensor, embedding row lookups, the Triton block decoder
+(in Triton's interpreter when there is no GPU), and what happens to a
+weight used outside its module."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+import floatzip  # noqa: E402
+from floatzip.cli import main as cli  # noqa: E402
+from floatzip.codecs.encoded import decode_tensor, encode_tensor  # noqa: E402
+from floatzip.torch import onthefly  # noqa: E402
+from floatzip.torch.testing import random_model, save_random_model  # noqa: E402
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def test_find_block_lists_is_generic():
+    class Block(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(4, 4)
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.heads = torch.nn.ModuleList([torch.nn.Linear(4, 2), torch.nn.Linear(4, 3)])
+            self.stack = torch.nn.Sequential(torch.nn.Linear(4, 4))
+            self.trunk = torch.nn.ModuleList([Block() for _ in range(3)])
+            self.norms = torch.nn.ModuleList([torch.nn.LayerNorm(4) for _ in range(3)])
+            self.empty = torch.nn.ModuleList([torch.nn.ReLU(), torch.nn.ReLU()])
+
+    found = onthefly.find_block_lists(Net())
+    # heads: mixed classes; norms: too small next to the trunk; empty: no parameters
+    assert [name for name, _ in found] == ["trunk"]
+
+    for arch, where in [("llama", "model.layers"), ("gpt2", "transformer.h"),
+                        ("gemma", "model.layers")]:
+        assert [n for n, _ in onthefly.find_block_lists(random_model(arch))] == [where]
+
+
+def test_unit_modules_of_a_causal_lm():
+    model = random_model("qwen2", tie=False)
+    units = onthefly.unit_modules(model)
+    assert [(k, n) for k, n, _ in units] == [
+        ("embeddings", "model.embed_tokens"), ("block", "model.layers.0"),
+        ("block", "model.layers.1"), ("head", "lm_head")]
+    names = onthefly.deferrable_parameter_names(model)
+    assert "model.layers.1.mlp.up_proj.weight" in names and "lm_head.weight" in names
+    assert "model.norm.weight" not in names
+
+
+@pytest.mark.parametrize("dtype,shape", [("BF16", (300, 70)), ("F32", (129, 33)), ("F16", (64, 1000))])
+def test_decode_rows_and_group_ranges(dtype, shape):
+    rng = np.random.default_rng(0)
+    values = (rng.standard_normal(shape) * 0.05).astype(np.float32)
+    if dtype == "BF16":
+        raw = (values.view(np.uint32) >> 16).astype(np.uint16).view(np.uint8)
+    elif dtype == "F16":
+        raw = values.astype(np.float16).view(np.uint8)
+    else:
+        raw = values.view(np.uint8)
+    enc = encode_tensor(raw, dtype, shape, lane_symbols=16)
+    assert enc.codec == "tans" and enc.geometry.groups > 4
+    full = decode_tensor(enc)
+    itemsize = full.size // values.size
+    g = enc.geometry
+    group_bytes = 32 * g.lane_symbols * itemsize
+    for g0, g1 in [(0, 1), (1, 3), (g.groups - 2, g.groups), (0, g.groups)]:
+        part = onthefly.decode_group_range(enc, g0, g1).view(np.uint8)
+        assert np.array_equal(part, full[g0 * group_bytes:g1 * group_bytes])
+    table = full.reshape(shape[0], -1)
+    for rows in ([0], [shape[0] - 1], [1, 2, 3, 40, 41, shape[0] - 2], list(range(shape[0]))):
+        rows = np.array(rows, dtype=np.int64)
+        assert np.array_equal(onthefly.decode_rows(enc, rows), table[rows])
+
+
+def test_decode_into_in_chunks(monkeypatch):
+    rng = np.random.default_rng(1)
+    raw = (rng.standard_normal(50_000).astype(np.float32).view(np.uint32) >> 16).astype(np.uint16)
+    enc = encode_tensor(raw.view(np.uint8), "BF16", (50_000,), lane_symbols=32)
+    monkeypatch.setattr(onthefly, "CHUNK_BYTES", 5000)      # many chunks, a short last one
+    out = np.empty(enc.original_bytes, dtype=np.uint8)
+    onthefly.decode_into(enc, out, verify=True)
+    assert np.array_equal(out, raw.view(np.uint8))
+
+
+@pytest.fixture(scope="module")
+def packed_llama(tmp_path_factory):
+    root = tmp_path_factory.mktemp("llama")
+    original = save_random_model(root / "o", "llama", tie=True)
+    assert cli(["compress", original, str(root / "p"), "-q"]) == 0
+    reference = transformers.AutoModelForCausalLM.from_pretrained(original, local_files_only=True)
+    return reference, root / "p"
+
+
+def test_embedding_rows_match_the_table(packed_llama):
+    reference, packed = packed_llama
+    model = floatzip.load_model(packed, prefetch=False)
+    unit = model.floatzip_decoder.units[0]
+    assert unit.kind == "embeddings" and unit.rows is not None
+    ids = torch.tensor([[5, 9, 5, 127, 0, 9]])
+    table, renumbered = unit.rows.lookup(ids)
+    assert table.shape == (4, 64) and renumbered.tolist() == [[1, 2, 1, 3, 0, 2]]
+    assert torch.equal(table[renumbered], reference.get_input_embeddings()(ids))
+    assert unit.rows.lookup(torch.tensor([[3, 128]])) is None       # out of range
+    with torch.inference_mode(), pytest.raises(IndexError):
+        model(torch.tensor([[3, 128]]))
+    # the failed forward left nothing bound
+    assert all(not u.active for u in model.floatzip_decoder.units)
+    assert model.get_input_embeddings().weight.device.type == "meta"
+    with torch.inference_mode():
+        ids = torch.tensor([[3, 4, 5]])
+        assert torch.equal(model(ids).logits, reference(ids).logits)
+
+
+def test_weight_used_outside_its_forward_is_a_placeholder(packed_llama):
+    reference, packed = packed_llama
+    model = floatzip.load_model(packed)
+    w = model.model.layers[0].mlp.up_proj.weight
+    assert w.device.type == "meta" and w.shape == (128, 64) and not w.requires_grad
+    assert isinstance(w, torch.nn.Parameter) and w.dtype == torch.bfloat16
+    with pytest.raises(floatzip.FloatzipError,
+                       match="model.layers.0.mlp.up_proj.weight is kept compressed.*linear used it"):
+        torch.nn.functional.linear(torch.ones(1, 64, dtype=w.dtype), w)
+    with pytest.raises(floatzip.FloatzipError, match="model.embed_tokens.weight is kept compressed"):
+        model.get_input_embeddings().weight.sum()
+    assert model.num_parameters() == reference.num_parameters()
+    # the model reports its real device (its first parameter is a placeholder)
+    assert model.device == torch.device("cpu")
+    assert next(model.parameters()).device.type == "meta"
+
+
+def test_close_removes_the_hooks(packed_llama):
+    _, packed = packed_llama
+    model = floatzip.load_model(packed, prefetch=True)
+    with torch.inference_mode():
+        model(torch.tensor([[3, 4]]))
+    runtime = model.floatzip_decoder
+    runtime.close()
+    assert all(not u.hooks for u in runtime.units)
+    assert model.model.layers[0]._forward_pre_hooks == {}
+
+
+@pytest.fixture
+def triton_device(monkeypatch):
+    pytest.importorskip("triton")
+    if torch.cuda.is_available():
+        return "cuda"
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    return "cpu"
+
+
+def test_triton_block_decoder(tmp_path, triton_device):
+    # Tiny dimensions: the interpreter costs per step of the lane loop.
+    original = save_random_model(tmp_path / "o", "llama", tie=False, vocab_size=64,
+                                 hidden_size=16, intermediate_size=32, num_attention_heads=2,
+                                 num_key_value_heads=1)
+    assert cli(["compress", original, str(tmp_path / "p"), "-q"]) == 0
+    reference = transformers.AutoModelForCausalLM.from_pretrained(original, local_files_only=True)
+    reference.to(triton_device)
+    ids = torch.tensor([[3, 4, 5, 6]], device=triton_device)
+    for decode in ("on_the_fly", "at_load"):
+        model = floatzip.load_model(tmp_path / "p", device=triton_device, backend="triton",
+                                    decode=decode)
+        if decode == "on_the_fly":
+            runtime = model.floatzip_decoder
+            assert all(isinstance(u.decoder, onthefly.TritonBlockDecoder) for u in runtime.units)
+            assert not runtime.prefetch and runtime.slots == 0
+        with torch.inference_mode():
+            assert torch.equal(model(ids).logits, reference(ids).logits)
+        if decode == "on_the_fly":
+            assert runtime.slots == 1 and runtime.stats.decodes == 4
