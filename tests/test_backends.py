@@ -16,7 +16,7 @@ import pytest
 from floatzip.backends import numpy_ref
 from floatzip.codecs import encoded, model, tans
 from floatzip.codecs.layout import CodedGeometry
-from floatzip.dtypes import FLOAT_LAYOUTS, rotate_sign_down
+from floatzip.dtypes import FLOAT_LAYOUTS
 from floatzip.errors import CorruptDataError
 
 nb = pytest.importorskip("floatzip.backends.numba_backend")
@@ -75,8 +75,7 @@ def fp8_round(x: np.ndarray, layout) -> np.ndarray:
 def explicit_args(bits, dtype, symbol_bits, table_log, lane_symbols):
     """Coding parameters for ``bits`` with a chosen symbol size and table."""
     layout = FLOAT_LAYOUTS[dtype]
-    rotated = rotate_sign_down(bits, layout.width)
-    hist = model.symbol_histogram(rotated, layout.width, symbol_bits)
+    hist = numpy_ref.histogram(bits, layout.width, symbol_bits)
     used = np.flatnonzero(hist)
     first, last = int(used[0]), int(used[-1])
     counts = tans.normalize_counts(hist[first:last + 1], table_log)
@@ -86,7 +85,9 @@ def explicit_args(bits, dtype, symbol_bits, table_log, lane_symbols):
 
 
 def model_args(bits, dtype, lane_symbols=model.DEFAULT_LANE_SYMBOLS):
-    choice = model.choose_coding(bits, FLOAT_LAYOUTS[dtype], lane_symbols=lane_symbols)
+    layout = FLOAT_LAYOUTS[dtype]
+    hist = numpy_ref.histogram(bits, layout.width, model.histogram_bits(layout))
+    choice = model.choose_coding(hist, layout, bits.size, lane_symbols=lane_symbols)
     assert choice is not None, "test data should be compressible"
     args = dict(width=FLOAT_LAYOUTS[dtype].width, symbol_bits=choice.symbol_bits,
                 table_log=choice.table_log, first_symbol=choice.first_symbol,
@@ -438,3 +439,16 @@ def test_checksum_catches_what_lanes_cannot(coded):
     enc.raw[7] ^= 1                      # raw fields carry no structure to check
     with pytest.raises(CorruptDataError, match="checksum"):
         encoded.decode_tensor(enc, backend="numba")
+
+
+@pytest.mark.parametrize("dtype", sorted(FLOAT_LAYOUTS))
+@pytest.mark.parametrize("workers", [1, 3])
+def test_histogram_matches_reference(dtype, workers):
+    from floatzip.backends import numba_backend
+    layout = FLOAT_LAYOUTS[dtype]
+    rng = np.random.default_rng(5)
+    bits = rng.integers(0, 1 << layout.width, 700_001, dtype=np.uint64).astype(layout.storage)
+    bits[:1000] = bits[0]            # runs of one value: the interleaved counters
+    for top in (1, model.histogram_bits(layout), layout.width if layout.width <= 12 else 12):
+        np.testing.assert_array_equal(numba_backend.histogram(bits, layout.width, top, workers),
+                                      numpy_ref.histogram(bits, layout.width, top))

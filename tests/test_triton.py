@@ -26,7 +26,7 @@ from floatzip.codecs import model, tans  # noqa: E402
 from floatzip.codecs.encoded import (  # noqa: E402
     CODEC_RAW, CODEC_TANS, EncodedTensor, checksum, decode_tensor, encode_tensor)
 from floatzip.codecs.layout import CodedGeometry  # noqa: E402
-from floatzip.dtypes import FLOAT_LAYOUTS, rotate_sign_down  # noqa: E402
+from floatzip.dtypes import FLOAT_LAYOUTS  # noqa: E402
 from floatzip.errors import (  # noqa: E402
     CorruptDataError, FloatzipError, FormatError, UnsupportedError)
 
@@ -73,8 +73,7 @@ def force_tans(bits: np.ndarray, dtype: str, symbol_bits: int, table_log: int,
                lane_symbols: int, shape=None) -> EncodedTensor:
     """Tans-code with the given parameters even where raw would be smaller."""
     layout = FLOAT_LAYOUTS[dtype]
-    rotated = rotate_sign_down(bits.ravel(), layout.width)
-    hist = model.symbol_histogram(rotated, layout.width, symbol_bits)
+    hist = numpy_ref.histogram(bits, layout.width, symbol_bits)
     used = np.flatnonzero(hist)
     first, last = int(used[0]), int(used[-1])
     counts = tans.normalize_counts(hist[first:last + 1], table_log)

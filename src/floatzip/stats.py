@@ -8,7 +8,12 @@ from .dtypes import FLOAT_LAYOUTS
 
 def entropy_bits(values: np.ndarray) -> float:
     """Total order-0 entropy of ``values`` in bits."""
-    counts = np.bincount(values.ravel())
+    return entropy_of_counts(np.bincount(values.ravel()))
+
+
+def entropy_of_counts(counts: np.ndarray) -> float:
+    """Total order-0 entropy, in bits, of data with this histogram."""
+    counts = np.asarray(counts)
     counts = counts[counts > 0].astype(np.float64)
     if counts.size <= 1:
         return 0.0

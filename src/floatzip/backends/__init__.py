@@ -1,6 +1,9 @@
 """The one place that picks a coding back end.
 
-A back end is a module with ``name`` and two functions:
+A back end is a module with ``name`` and three functions:
+
+``histogram(bits, width, top_bits, workers=1) -> int64[2**top_bits]``
+    Counts of the top ``top_bits`` bits of each sign-rotated value.
 
 ``encode(bits, geometry_args, counts, workers=1) -> (lane_sizes, payload, raw)``
     ``bits``: the tensor's values as unsigned ints of the value width (flat).

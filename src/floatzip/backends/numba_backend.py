@@ -1047,3 +1047,48 @@ def encode(bits: np.ndarray, geometry_args: dict, counts: np.ndarray, workers: i
     parts = _run(_split(groups, group, workers), run, workers)
     payload = np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint8)
     return lane_sizes, payload, raw
+
+
+# -- histogram -------------------------------------------------------------------
+
+@numba.njit(**_NJIT)
+def _histogram(bits, width, top_bits, out):
+    # Counts of the top ``top_bits`` of each sign-rotated value; four
+    # interleaved sub-histograms so repeated symbols do not serialise on
+    # one counter's store-to-load dependency.
+    n = bits.size
+    size = out.size // 4
+    rot = width - 1
+    shift = width - top_bits
+    mask = (1 << width) - 1
+    i = 0
+    while i + 4 <= n:
+        for k in range(4):
+            v = np.int64(bits[i + k])
+            out[k * size + ((((v << 1) | (v >> rot)) & mask) >> shift)] += 1
+        i += 4
+    while i < n:
+        v = np.int64(bits[i])
+        out[((((v << 1) | (v >> rot)) & mask) >> shift)] += 1
+        i += 1
+
+
+def histogram(bits: np.ndarray, width: int, top_bits: int, workers: int = 1) -> np.ndarray:
+    """Counts (int64[2**top_bits]) of the top ``top_bits`` bits of each
+    sign-rotated value, as numpy_ref.histogram."""
+    bits = np.ascontiguousarray(bits).reshape(-1)
+    if bits.dtype.itemsize * 8 != width or not 1 <= top_bits <= width:
+        raise ValueError(f"{bits.dtype} values are not {width} bits wide, or top_bits "
+                         f"{top_bits} is outside 1..{width}")
+    bits = bits.view(np.dtype(f"u{width // 8}"))
+    workers = _resolve_workers(workers)
+    chunk = max(_MIN_VALUES_PER_JOB, -(-bits.size // workers))
+    jobs = [(a, min(a + chunk, bits.size)) for a in range(0, bits.size, chunk)]
+
+    def run(job):
+        out = np.zeros(4 << top_bits, dtype=np.int64)
+        _histogram(bits[job[0]:job[1]], width, top_bits, out)
+        return out.reshape(4, -1).sum(axis=0)
+
+    parts = _run(jobs, run, workers)
+    return np.sum(parts, axis=0) if parts else np.zeros(1 << top_bits, dtype=np.int64)

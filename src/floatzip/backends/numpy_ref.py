@@ -70,6 +70,13 @@ def split(bits: np.ndarray, width: int, symbol_bits: int):
     return symbols, raw
 
 
+def histogram(bits: np.ndarray, width: int, top_bits: int, workers: int = 1) -> np.ndarray:
+    """Counts (int64[2**top_bits]) of the top ``top_bits`` bits of each
+    sign-rotated value: the statistics every coding decision is made from."""
+    rotated = rotate_sign_down(np.ascontiguousarray(bits).reshape(-1), width)
+    return np.bincount(rotated >> rotated.dtype.type(width - top_bits), minlength=1 << top_bits)
+
+
 def encode(bits: np.ndarray, geometry_args: dict, counts: np.ndarray, workers: int = 1):
     """Encode the values ``bits`` (unsigned ints of the value width) with the
     given parameters. Returns (lane_sizes u16, payload u8, raw u8)."""

@@ -11,7 +11,6 @@ import xxhash
 from .. import backends
 from ..dtypes import FLOAT_LAYOUTS, ITEMSIZE
 from ..errors import CorruptDataError
-from ..stats import exponent_bound_bits
 from . import model
 from .layout import CodedGeometry
 
@@ -55,11 +54,13 @@ def encode_tensor(data: np.ndarray, dtype: str, shape, *, backend=None, workers:
     layout = FLOAT_LAYOUTS.get(dtype)
     bound = None
     if layout is not None:
-        bound = int(round(exponent_bound_bits(raw_bytes, dtype)))
+        impl = backends.get(backend)
         bits = raw_bytes.view(layout.storage)
-        choice = model.choose_coding(bits, layout, table_log=table_log, lane_symbols=lane_symbols)
+        hist = impl.histogram(bits, layout.width, model.histogram_bits(layout), workers=workers)
+        bound = int(round(model.exponent_bound_bits(hist, layout, bits.size)))
+        choice = model.choose_coding(hist, layout, bits.size, table_log=table_log,
+                                     lane_symbols=lane_symbols)
         if choice is not None:
-            impl = backends.get(backend)
             args = dict(width=layout.width, symbol_bits=choice.symbol_bits,
                         table_log=choice.table_log, first_symbol=choice.first_symbol,
                         lane_symbols=choice.lane_symbols)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..dtypes import FloatLayout, rotate_sign_down
+from ..dtypes import FloatLayout
 from . import tans
 from .layout import LANES, CodedGeometry
 
@@ -33,28 +33,39 @@ class CodingChoice:
     estimated_bytes: int
 
 
-def symbol_histogram(rotated: np.ndarray, width: int, symbol_bits: int) -> np.ndarray:
-    return np.bincount((rotated >> rotated.dtype.type(width - symbol_bits)).ravel(),
-                       minlength=1 << symbol_bits)
+def histogram_bits(layout: FloatLayout) -> int:
+    """How many top bits of the rotated value the statistics are kept for:
+    enough for every candidate symbol width (and the exponent alone)."""
+    return min(layout.width, tans.MAX_SYMBOL_BITS, layout.exponent_bits + MAX_EXTRA_MANTISSA_BITS)
 
 
-def choose_coding(bits: np.ndarray, layout: FloatLayout, *,
+def coarsen(histogram: np.ndarray, bits: int) -> np.ndarray:
+    """Histogram of the top ``bits`` bits from one of more top bits."""
+    return histogram.reshape(1 << bits, -1).sum(axis=1)
+
+
+def exponent_bound_bits(histogram: np.ndarray, layout: FloatLayout, count: int) -> float:
+    """Bits if the exponent were coded at its order-0 entropy and every other
+    bit stored as is (the bound `floatzip info` shows)."""
+    from ..stats import entropy_of_counts
+    exponent = coarsen(histogram, layout.exponent_bits)
+    return entropy_of_counts(exponent) + count * (layout.width - layout.exponent_bits)
+
+
+def choose_coding(histogram: np.ndarray, layout: FloatLayout, count: int, *,
                   table_log: int = DEFAULT_TABLE_LOG,
                   lane_symbols: int = DEFAULT_LANE_SYMBOLS) -> CodingChoice | None:
-    """Best parameters for a tensor given as its raw bits, or None when
-    storing it raw is smaller."""
-    n = bits.size
+    """Best parameters for a tensor of ``count`` values with the given
+    :func:`histogram_bits` histogram, or None when storing it raw is smaller."""
+    n = count
     if n == 0:
         return None
-    rotated = rotate_sign_down(bits.ravel(), layout.width)
-    top = min(layout.width, tans.MAX_SYMBOL_BITS,
-              layout.exponent_bits + MAX_EXTRA_MANTISSA_BITS)
-    finest = symbol_histogram(rotated, layout.width, top)
+    top = histogram_bits(layout)
     lane_symbols = int(min(lane_symbols, max(1, -(-n // LANES))))
     groups = -(-n // (LANES * lane_symbols))
     best = None
     for symbol_bits in range(min(layout.exponent_bits, top), top + 1):
-        hist = finest.reshape(1 << symbol_bits, -1).sum(axis=1)
+        hist = coarsen(histogram, symbol_bits)
         used = np.flatnonzero(hist)
         first, last = int(used[0]), int(used[-1])
         hist = hist[first:last + 1]
