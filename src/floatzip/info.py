@@ -17,39 +17,57 @@ def _files(path: str) -> list[str]:
     return [path]
 
 
-def print_info(path: str, *, per_tensor: bool = True) -> int:
-    """Reads headers only: instant on any size of checkpoint."""
+def summarize(path: str, per_tensor=None) -> dict:
+    """Sizes of a compressed file or directory, from its headers alone:
+    original and coded tensor bytes, whole files, and the order-0 bound.
+    ``per_tensor(file, name, stored)`` is called for each tensor if given."""
     files = _files(path)
     if os.path.isdir(path) and not files:
         raise FormatError(f"{path}: holds no floatzip files")
-    orig = blob = bound_orig = file_orig = file_size = 0
-    bound = 0.0
+    total = dict(orig=0, blob=0, file_orig=0, file=0, bound=0.0, bound_orig=0)
     for file in files:
         fz = FloatzipFile(file)
-        print(f"{file}: floatzip format v{FORMAT_VERSION}, {len(fz.tensors)} tensors")
         if per_tensor:
-            print(f"  {'tensor':<48} {'dtype':<8} {'shape':<16} {'codec':<5} "
-                  f"{'ratio':>7} {'bits/w':>7} {'bound':>7}")
+            per_tensor(file, None, fz)
         for name, t in fz.tensors.items():
-            src = t.source
-            n = max(1, src.nbytes // ITEMSIZE[src.dtype])
             tensor_bound = t.params.get(BOUND_FIELD)
             if tensor_bound is not None:
-                bound += tensor_bound / 8
-                bound_orig += src.nbytes
-            orig += src.nbytes
-            blob += t.blob_bytes
+                total["bound"] += tensor_bound / 8
+                total["bound_orig"] += t.source.nbytes
+            total["orig"] += t.source.nbytes
+            total["blob"] += t.blob_bytes
             if per_tensor:
-                shape = "x".join(map(str, src.shape)) or "scalar"
-                shown = "" if tensor_bound is None else f"{tensor_bound / n:7.3f}"
-                print(f"  {name[:48]:<48} {src.dtype:<8} {shape[:16]:<16} {t.params['codec']:<5} "
-                      f"{t.blob_bytes / max(src.nbytes, 1):>7.4f} {8 * t.blob_bytes / n:>7.3f} {shown:>7}")
-        file_size += os.path.getsize(file)
-        file_orig += fz.source.data_start + fz.source.data_bytes
-    print(f"tensor data: {orig:,} -> {blob:,} bytes, ratio {blob / max(orig, 1):.4f}")
-    print(f"whole files: {file_orig:,} -> {file_size:,} bytes, "
-          f"ratio {file_size / max(file_orig, 1):.4f} (headers included)")
-    if bound_orig:
-        print("order-0 bound (exponent at its entropy, other bits raw): "
-              f"ratio {(bound + orig - bound_orig) / max(orig, 1):.4f}")
+                per_tensor(file, name, t)
+        total["file"] += os.path.getsize(file)
+        total["file_orig"] += fz.source.data_start + fz.source.data_bytes
+    total["ratio"] = total["blob"] / max(total["orig"], 1)
+    total["file_ratio"] = total["file"] / max(total["file_orig"], 1)
+    total["bound_ratio"] = ((total["bound"] + total["orig"] - total["bound_orig"]) / max(total["orig"], 1)
+                            if total["bound_orig"] else None)
+    return total
+
+
+def print_info(path: str, *, per_tensor: bool = True) -> int:
+    """Reads headers only: instant on any size of checkpoint."""
+
+    def show(file, name, item):
+        if name is None:
+            print(f"{file}: floatzip format v{FORMAT_VERSION}, {len(item.tensors)} tensors")
+            print(f"  {'tensor':<48} {'dtype':<8} {'shape':<16} {'codec':<5} "
+                  f"{'ratio':>7} {'bits/w':>7} {'bound':>7}")
+            return
+        src = item.source
+        n = max(1, src.nbytes // ITEMSIZE[src.dtype])
+        bound = item.params.get(BOUND_FIELD)
+        shape = "x".join(map(str, src.shape)) or "scalar"
+        shown = "" if bound is None else f"{bound / n:7.3f}"
+        print(f"  {name[:48]:<48} {src.dtype:<8} {shape[:16]:<16} {item.params['codec']:<5} "
+              f"{item.blob_bytes / max(src.nbytes, 1):>7.4f} {8 * item.blob_bytes / n:>7.3f} {shown:>7}")
+
+    t = summarize(path, show if per_tensor else None)
+    print(f"tensor data: {t['orig']:,} -> {t['blob']:,} bytes, ratio {t['ratio']:.4f}")
+    print(f"whole files: {t['file_orig']:,} -> {t['file']:,} bytes, "
+          f"ratio {t['file_ratio']:.4f} (headers included)")
+    if t["bound_ratio"] is not None:
+        print(f"order-0 bound (exponent at its entropy, other bits raw): ratio {t['bound_ratio']:.4f}")
     return 0

@@ -41,19 +41,25 @@ Kernel
 One program decodes up to GROUPS consecutive groups of ONE tensor, described
 by one row of ``desc`` (the DESC_* columns), so every tensor parameter is a
 scalar and tensors of any width (8, 16, 32 bits) and geometry share a launch.
-Per step and lane: a gather from the decode table at the current state and
-two aligned int32 reads of the payload at the current bit position (both
-depend only on the previous step, so they are in flight together), a funnel
-shift for the entry's ``nbits`` bits, two int32 reads and a funnel shift for
-the raw field, and a store to ``g*32*K + 32*t + lane`` (consecutive lanes,
-consecutive addresses). No load is masked: buffers carry zero slack after
-each tensor (PAYLOAD: table_log + 12*lane_symbols bits, what a corrupt lane
-can overrun; raw: RAW_SLACK_WORDS), a finished lane keeps a valid state,
-reads 0 bits and stores nothing. Loops have a trip count fixed per program
-(no per-lane ``while``), one loop per output width, picked once per program.
+Per step and lane: a gather from the decode table at the current state, a
+funnel shift of ``nbits`` bits out of two payload words the lane holds in
+registers, the raw field out of two raw words loaded during the previous
+step, and a store to ``g*32*K + 32*t + lane`` (consecutive lanes,
+consecutive addresses). A lane loads a payload word only when its position
+passes a word boundary (every ~9 steps at ~3.5 bits a symbol), as a masked
+load that a lane staying put keeps off the memory bus, and it first reads
+that word a step later; per warp-step that is ~4 payload lines instead of
+~64. The raw words of a step are one coalesced row (32 fields of R bits are
+R words). Loads past a lane's last symbol are masked; the buffers carry
+zero slack after each tensor for what a corrupt lane can still reach
+(PAYLOAD: table_log + 12*lane_symbols bits plus the look-ahead word; raw:
+RAW_SLACK_WORDS). A finished lane gets table entry 0 (0 bits, state 0,
+which is valid) and stores nothing. Loops have a trip count fixed per program (no
+per-lane ``while``), one loop per output width, picked once per program.
 At the end each lane checks, as numpy_ref does, that it ended in its last
-byte with zero padding bits; bad lanes add to ``errors`` (an atomic add only
-on bad lanes), which ``check()`` reads.
+byte with zero padding bits (the bits after its end are still in its
+registers); bad lanes add to ``errors`` (an atomic add only on bad lanes),
+which ``check()`` reads.
 
 Without a GPU, set TRITON_INTERPRET=1: the same kernel then runs in Triton's
 interpreter on CPU torch tensors (device="cpu" is accepted only then). The
@@ -88,9 +94,9 @@ name = "triton"
 # Output slots of a block start on this boundary (bytes): every dtype view is
 # aligned, and the weights are as aligned as a fresh allocation would be.
 SLOT_ALIGN = 256
-# Zero words after a tensor's raw fields: a row of 32 fields (<= 24 bits
-# each) plus the second word of a two-word read.
-RAW_SLACK_WORDS = 32
+# Zero words after a tensor's raw fields: the second word of the two-word
+# read of the last field. Rows past a lane's last symbol are not loaded.
+RAW_SLACK_WORDS = 1
 # Largest tensor the kernel indexes with 32-bit value offsets.
 MAX_COUNT = 2**31 - 2**20
 
@@ -158,66 +164,85 @@ def _decode_kernel(
     # Value index (from the program's first value) of each lane's step-0 symbol.
     rel = group * (32 * k) + lane % 32
 
-    start = tl.load(lane_ptr + lane_first + lane, mask=lane_ok, other=0)
-    end = tl.load(lane_ptr + lane_first + lane + 1, mask=lane_ok, other=0)
-    # Each lane reads through its own word pointer with a small bit offset,
-    # which keeps the per-step arithmetic in 32 bits.
-    words = payload_ptr + (start >> 5)
-    pos = (start & 31).to(tl.int32)
-    # A finished lane's raw position stays one field row past its last field,
-    # within the raw buffer's slack; lanes beyond the program's groups read
-    # the tensor's first words.
-    raw_start = raw_bit0 + tl.where(lane_ok, first + rel.to(tl.int64), 0) * raw_bits
-    raw_words = raw_ptr + (raw_start >> 5)
-    raw_pos = (raw_start & 31).to(tl.int32)
-    raw_mask = ((1 << raw_bits) - 1).to(tl.uint32)
-    raw_step = 32 * raw_bits
-
     # Symbols in each lane: k, except in a tensor's last group.
     lane_steps = (left - rel + 31) >> 5
     lane_steps = tl.where(lane_steps > k, k, lane_steps)
     lane_steps = tl.where(lane_ok & (lane_steps > 0), lane_steps, 0)
+    has = lane_steps > 0
+
+    # Payload: each lane holds the aligned words lo, hi at word ``wi`` of its
+    # stream, its bit position ``pos`` (0..31) in lo, and the word after hi,
+    # ``nxt``, loaded in advance. A step reads at most 12 bits, all inside
+    # lo:hi; when pos passes 32 the lane shifts one word down and loads one
+    # new word (masked: a lane that stays puts nothing on the memory bus),
+    # which it first reads a step later.
+    start = tl.load(lane_ptr + lane_first + lane, mask=lane_ok, other=0)
+    end = tl.load(lane_ptr + lane_first + lane + 1, mask=lane_ok, other=0)
+    words = payload_ptr + (start >> 5)
+    pos0 = (start & 31).to(tl.int32)
+    lo = tl.load(words, mask=has, other=0)
+    hi = tl.load(words + 1, mask=has, other=0)
+    nxt = tl.load(words + 2, mask=has, other=0)
 
     # Initial state: table_log bits, for lanes that hold at least one symbol.
-    has = lane_steps > 0
-    s = (pos & 31).to(tl.uint32)
-    lo = tl.load(words + (pos >> 5), mask=has, other=0).to(tl.uint32, bitcast=True)
-    hi = tl.load(words + (pos >> 5) + 1, mask=has, other=0).to(tl.uint32, bitcast=True)
-    window = (lo >> s) | ((hi << 1) << (31 - s))
+    s = pos0.to(tl.uint32)
+    window = (lo.to(tl.uint32, bitcast=True) >> s) | ((hi.to(tl.uint32, bitcast=True) << 1) << (31 - s))
     state = (window & ((1 << table_log) - 1).to(tl.uint32)).to(tl.int32)
-    pos += tl.where(has, table_log, 0)
+    pos = pos0 + tl.where(has, table_log, 0)
+    adv = pos >= 32
+    pos = pos & 31
+    lo = tl.where(adv, hi, lo)
+    hi = tl.where(adv, nxt, hi)
+    wi = adv.to(tl.int32)               # words the lane has moved past
+    nxt = tl.load(words + wi + 2, mask=adv, other=nxt)
+
+    # Raw fields: the 32 fields of a group's step fill exactly raw_bits
+    # words (the row starts on a word boundary), so a lane's field sits at
+    # the same bit of every row, and row t + 1 is loaded during step t.
+    raw_row = raw_ptr + ((raw_bit0 + (first + (group * (32 * k)).to(tl.int64)) * raw_bits) >> 5)
+    raw_at = (lane % 32) * raw_bits
+    raw_lane = raw_row + (raw_at >> 5)
+    rs = (raw_at & 31).to(tl.uint32)
+    raw_mask = ((1 << raw_bits) - 1).to(tl.uint32)
+    rlo = tl.load(raw_lane, mask=has, other=0)
+    rhi = tl.load(raw_lane + 1, mask=has, other=0)
 
     # One copy of the loop per output width, chosen once per program: the
-    # store's type is then fixed inside the loop and costs no branch.
-    # Loads need no mask: a finished lane keeps a valid state and positions
-    # inside the buffers' slack, reads 0 payload bits and stores nothing.
+    # store's type is then fixed inside the loop and costs no branch. A lane
+    # past its last symbol gets entry 0 (0 bits, state 0) from a masked load,
+    # stays where it is, loads and stores nothing.
     for w in tl.static_range(3):
         if width == (8 << w):
             for t in range(steps):
                 active = t < lane_steps
-                index = rel + 32 * t
-                # The raw fields do not depend on the tANS state: their loads
-                # go first, to be in flight with the others.
-                rlo = tl.load(raw_words + (raw_pos >> 5)).to(tl.uint32, bitcast=True)
-                rhi = tl.load(raw_words + (raw_pos >> 5) + 1).to(tl.uint32, bitcast=True)
-                # The table read and the payload read depend only on the
-                # previous step, so the two loads are in flight together.
-                entry = tl.load(table + state)
-                s = (pos & 31).to(tl.uint32)
-                lo = tl.load(words + (pos >> 5)).to(tl.uint32, bitcast=True)
-                hi = tl.load(words + (pos >> 5) + 1).to(tl.uint32, bitcast=True)
-                window = (lo >> s) | ((hi << 1) << (31 - s))
-                nbits = tl.where(active, (entry >> 16) & 15, 0)
+                entry = tl.load(table + state, mask=active, other=0)
+                # This step's raw field, from the words loaded a step ago;
+                # then the next step's words, in flight during this step.
+                field = ((rlo.to(tl.uint32, bitcast=True) >> rs)
+                         | ((rhi.to(tl.uint32, bitcast=True) << 1) << (31 - rs))) & raw_mask
+                raw_lane += raw_bits
+                ahead = t + 1 < lane_steps
+                rlo = tl.load(raw_lane, mask=ahead, other=0)
+                rhi = tl.load(raw_lane + 1, mask=ahead, other=0)
+
+                s = pos.to(tl.uint32)
+                window = (lo.to(tl.uint32, bitcast=True) >> s) | \
+                    ((hi.to(tl.uint32, bitcast=True) << 1) << (31 - s))
+                nbits = (entry >> 16) & 15
                 # With 0 bits this is ``base``: still a valid state.
                 state = (entry & 0xFFFF) + (window & ((1 << nbits) - 1).to(tl.uint32)).to(tl.int32)
                 pos += nbits
+                adv = pos >= 32
+                pos = pos & 31
+                lo = tl.where(adv, hi, lo)
+                hi = tl.where(adv, nxt, hi)
+                wi += adv.to(tl.int32)
+                nxt = tl.load(words + wi + 2, mask=adv, other=nxt)
 
                 symbol = ((entry >> 20) & 0xFFF).to(tl.uint32)
-                rs = (raw_pos & 31).to(tl.uint32)
-                raw_pos += tl.where(active, raw_step, 0)
-                field = ((rlo >> rs) | ((rhi << 1) << (31 - rs))) & raw_mask
                 rotated = (symbol << raw_bits.to(tl.uint32)) | field
                 value = (rotated >> 1) | ((rotated & 1) << ((8 << w) - 1))
+                index = rel + 32 * t
                 if w == 0:
                     tl.store(out + index, value.to(tl.uint8), mask=active)
                 elif w == 1:
@@ -227,14 +252,14 @@ def _decode_kernel(
                     tl.store(out.to(tl.pointer_type(tl.int32)) + index,
                              value.to(tl.int32, bitcast=True), mask=active)
 
-    # A lane must end in its last byte, and the bits after its end must be 0.
-    used = pos - (start & 31).to(tl.int32)
+    # A lane must end in its last byte, and the bits after its end (still in
+    # lo:hi) must be 0.
+    used = 32 * wi + pos - pos0
     size_bits = (end - start).to(tl.int32)
     tail = (0 - used) & 7
-    s = (pos & 31).to(tl.uint32)
-    lo = tl.load(words + (pos >> 5), mask=lane_ok, other=0).to(tl.uint32, bitcast=True)
-    hi = tl.load(words + (pos >> 5) + 1, mask=lane_ok, other=0).to(tl.uint32, bitcast=True)
-    padding = ((lo >> s) | ((hi << 1) << (31 - s))) & ((1 << tail) - 1).to(tl.uint32)
+    s = pos.to(tl.uint32)
+    window = (lo.to(tl.uint32, bitcast=True) >> s) | ((hi.to(tl.uint32, bitcast=True) << 1) << (31 - s))
+    padding = window & ((1 << tail) - 1).to(tl.uint32)
     bad = lane_ok & ((((used + 7) >> 3) * 8 != size_bits) | (padding != 0))
     # One atomic per bad lane, so none on sound data (tl.sum is not a builtin).
     tl.atomic_add(err_ptr + lane * 0, bad.to(tl.int32), mask=bad)
@@ -387,10 +412,13 @@ def _host_parts(enc: EncodedTensor, label: str) -> _Parts:
     sizes = np.asarray(enc.lane_sizes).astype(np.int64)
     lane_bits = np.concatenate(([0], np.cumsum(sizes))) * 8
     # A corrupt lane can read table_log + 12 * lane_symbols bits past its start
-    # (12 bits per step at most) before the end-of-lane check rejects it.
+    # (12 bits per step at most) before the end-of-lane check rejects it, and
+    # holds the two words after the one its position is in (hi and the
+    # look-ahead word): from a start at the payload's end that reaches word
+    # (12 * (lane_symbols + 1)) // 32 + 2 of the slack, its last word.
+    # test_worst_lane_stays_inside_the_buffers runs that lane.
     slack = (tans.MAX_TABLE_LOG * (g.lane_symbols + 1)) // 32 + 3
     payload = _words(np.asarray(enc.payload, dtype=np.uint8), slack)
-    # Finished lanes keep reading one row of 32 fields past the tensor's end.
     raw = _words(np.asarray(enc.raw, dtype=np.uint8), RAW_SLACK_WORDS)
     return _Parts(torch.from_numpy(table.view(np.int32).copy()), torch.from_numpy(lane_bits),
                   torch.from_numpy(payload), torch.from_numpy(raw))

@@ -23,9 +23,11 @@ def mean_pooled(last_hidden_state: torch.Tensor, attention_mask: torch.Tensor) -
 def embed_and_compare(original_dir: str, packed_dir: str, sentences) -> int:
     try:
         from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
     except ImportError as exc:
         print(f"5. skipped running the model from compressed weights ({exc})")
         return 0
+    hf_logging.disable_progress_bar()      # keep the demo's output readable
     print("5. ran the compressed model with on-the-fly decoding (weights stay compressed in "
           "memory; each block is decoded just before it runs):")
     tokenizer = AutoTokenizer.from_pretrained(original_dir, local_files_only=True)
