@@ -27,12 +27,6 @@ def _progress(total, desc, enabled):
 
 # -- single files --------------------------------------------------------------
 
-def _source_bytes(path: str, header) -> np.ndarray:
-    if header.data_start + header.data_bytes == 0:
-        return np.zeros(0, dtype=np.uint8)
-    return np.memmap(path, dtype=np.uint8, mode="r")
-
-
 def compress_file(src, dst, *, workers=None, backend=None, progress=False) -> dict:
     """Compress one .safetensors file. Returns a summary dict."""
     src, dst = os.fspath(src), os.fspath(dst)
@@ -44,11 +38,12 @@ def compress_file(src, dst, *, workers=None, backend=None, progress=False) -> di
         raise FormatError(f"{src}: cannot read file: {exc.strerror or exc}") from None
     if header.metadata and container.KEY_VERSION in header.metadata:
         raise FormatError(f"{src}: already a floatzip file; decompress it first")
-    data = _source_bytes(src, header)
 
     def encoded_tensors(bar):
+        # Each tensor is read into memory on its own (not memory-mapped), so
+        # the resident set stays near one tensor however large the file.
         for name, entry in header.tensors.items():
-            region = data[header.data_start + entry.begin:header.data_start + entry.end]
+            region = container.read_range(src, header.data_start + entry.begin, entry.nbytes)
             yield name, encode_tensor(region, entry.dtype, entry.shape, backend=backend,
                                       workers=workers)
             bar.update(entry.nbytes)
@@ -69,15 +64,17 @@ def decompress_file(src, dst, *, workers=None, backend=None, progress=False) -> 
         out.write(len(source.raw).to_bytes(8, "little"))
         out.write(source.raw)
         for name in source.tensors:      # in data-offset order: the output is sequential
-            out.write(_decode(fz, name, backend, workers).data)
+            out.write(_decode(fz, name, backend, workers, mapped=False).data)
             bar.update(source.tensors[name].nbytes)
     return {"original_bytes": os.path.getsize(dst), "compressed_bytes": os.path.getsize(src),
             "tensors": len(source.tensors)}
 
 
-def _decode(fz: container.FloatzipFile, name: str, backend, workers, verify=True) -> np.ndarray:
+def _decode(fz: container.FloatzipFile, name: str, backend, workers, verify=True,
+            mapped=True) -> np.ndarray:
     try:
-        return decode_tensor(fz.encoded(name), backend=backend, workers=workers, verify=verify)
+        return decode_tensor(fz.encoded(name, mapped=mapped), backend=backend, workers=workers,
+                             verify=verify)
     except CorruptDataError as exc:
         raise CorruptDataError(f"{fz.path}: tensor {name!r}: {exc}") from None
 
@@ -201,7 +198,7 @@ def verify(original, compressed, *, workers=None, backend=None) -> VerifyResult:
                 return VerifyResult(False, [f"{original}: size differs from what {compressed} restores"])
             for name, entry in fz.source.tensors.items():
                 want = f.read(entry.nbytes)
-                got = _decode(fz, name, backend, workers)
+                got = _decode(fz, name, backend, workers, mapped=False)
                 if got.tobytes() != want:
                     return VerifyResult(False, [f"{compressed}: tensor {name!r} differs from {original}"])
     except FloatzipError as exc:

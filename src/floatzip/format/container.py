@@ -96,6 +96,17 @@ def write_file(dst, source_header: bytes, tensors) -> int:
     return len(params)
 
 
+def read_range(path: str, offset: int, nbytes: int) -> np.ndarray:
+    """``nbytes`` bytes of a file from ``offset``, read into a new array."""
+    out = np.empty(nbytes, dtype=np.uint8)
+    with open(path, "rb", buffering=0) as f:
+        f.seek(offset)
+        got = f.readinto(memoryview(out))
+    if got != nbytes:
+        raise FormatError(f"{path}: file ended while reading {nbytes} bytes at offset {offset}")
+    return out
+
+
 # -- reading -----------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -171,11 +182,17 @@ class FloatzipFile:
                 self._map = np.memmap(self.path, dtype=np.uint8, mode="r")
         return self._map
 
-    def encoded(self, name: str) -> EncodedTensor:
-        """The stored form of one tensor, its sections as views of the file,
-        with every size and the code table validated."""
+    def encoded(self, name: str, *, mapped: bool = True) -> EncodedTensor:
+        """The stored form of one tensor, with every size and the code table
+        validated. ``mapped``: its sections are views of the memory-mapped
+        file (zero-copy, lazy); otherwise the blob is read into memory, which
+        keeps a streaming pass over the file from growing the resident set
+        by the size of the file."""
         t = self._get(name)
-        blob = self._bytes()[t.blob_begin:t.blob_begin + t.blob_bytes]
+        if mapped:
+            blob = self._bytes()[t.blob_begin:t.blob_begin + t.blob_bytes]
+        else:
+            blob = read_range(self.path, t.blob_begin, t.blob_bytes)
         checksum = int(t.params["xxh3"], 16)
         shape = t.source.shape
         if t.geometry is None:
