@@ -112,7 +112,10 @@ BLOCK = {
     "up_proj": (I, H), "down_proj": (H, I),
 }
 # Kernel shapes tried in stage 2: (groups of 32 lanes per program, warps).
-CONFIGS = [(64, 4)] if SMOKE else [(1, 1), (2, 2), (4, 4), (8, 8), (8, 4), (16, 4)]
+# groups / warps is the lanes each thread decodes, interleaved: (2, 1) and
+# (4, 2) give a thread two independent tANS chains at <= 64 registers, so
+# 32 one-warp programs per SM keep 2048 lanes in flight.
+CONFIGS = [(64, 4)] if SMOKE else [(1, 1), (2, 1), (2, 2), (4, 2), (4, 4), (8, 4), (16, 4)]
 LANE_SYMBOLS = 64 if SMOKE else None      # None: the encoder's default (1024)
 WORKERS = os.cpu_count() or 1
 

@@ -277,6 +277,59 @@ def test_corrupt_lanes_are_flagged_like_the_reference(device):
         assert (int(one.errors.item()) > 0) == ref_bad
 
 
+def test_worst_lane_stays_inside_the_buffers(device, monkeypatch):
+    """Every address the kernel loads or stores (mask on) lies inside one
+    buffer, for the worst lane there is: every state reads table_log = 12
+    bits and the last lane starts at the payload's end (size 0, its bytes
+    given to the lane before), so it reads its full 12 * (K + 1) bits and
+    its look-ahead word from the slack. The interpreter does no bounds
+    checks itself, so its loads and stores are watched."""
+    if device != "cpu":
+        pytest.skip("watches the interpreter's memory accesses")
+    from triton.runtime import interpreter
+    rng = np.random.default_rng(13)
+    k = 8
+    symbols = np.arange(4096, dtype=np.uint32)         # 16 full groups of 32 lanes
+    rng.shuffle(symbols)
+    rotated = (symbols << np.uint32(20)) | rng.integers(0, 1 << 20, symbols.size, dtype=np.uint32)
+    bits = (rotated >> np.uint32(1)) | ((rotated & np.uint32(1)) << np.uint32(31))
+    enc = force_tans(bits, "F32", 12, 12, k)
+    assert np.all(enc.counts == 1)            # every state reads 12 bits
+    sizes = enc.lane_sizes.copy()
+    sizes[-2] += sizes[-1]
+    sizes[-1] = 0
+    bad = EncodedTensor(enc.dtype, enc.shape, CODEC_TANS, enc.checksum, enc.geometry,
+                        enc.counts, sizes, enc.payload, enc.raw)
+    dec = td.DeviceBlockDecoder.from_encoded([bad], device, groups_per_program=WIDE)
+    out = dec.new_output()
+    buffers = [dec.desc, dec.table, dec.lane_bits, dec.payload, dec.raw, out, dec.errors]
+    spans = [(b.data_ptr(), b.data_ptr() + b.numel() * b.element_size()) for b in buffers]
+    outside = []
+
+    def watch(ptrs, mask):
+        at = np.asarray(ptrs.data, dtype=np.uint64)[np.asarray(mask.data, dtype=bool)]
+        if at.size and not any(lo <= at.min() and at.max() < hi for lo, hi in spans):
+            outside.append((int(at.min()), int(at.max())))
+
+    load = interpreter.InterpreterBuilder.create_masked_load
+    store = interpreter.InterpreterBuilder.create_masked_store
+
+    def watched_load(self, ptrs, mask, *args):
+        watch(ptrs, mask)
+        return load(self, ptrs, mask, *args)
+
+    def watched_store(self, ptrs, value, mask, *args):
+        watch(ptrs, mask)
+        return store(self, ptrs, value, mask, *args)
+
+    monkeypatch.setattr(interpreter.InterpreterBuilder, "create_masked_load", watched_load)
+    monkeypatch.setattr(interpreter.InterpreterBuilder, "create_masked_store", watched_store)
+    dec.decode(out)
+    assert not outside, f"{len(outside)} loads or stores leave the buffers"
+    with pytest.raises(CorruptDataError):
+        dec.check()
+
+
 # -- host-side checks ------------------------------------------------------
 
 def test_cpu_needs_the_interpreter(monkeypatch):
@@ -376,7 +429,7 @@ def test_compiles_for(capability, tmp_path):
     cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin",
                              "cuobjdump")
     for kernel_name in td.KERNELS:
-        for groups, num_warps in ((1, 1), (4, 4)):
+        for groups, num_warps in ((1, 1), (2, 1), (4, 4)):
             compiled = compile_for(kernel_name, capability, groups, num_warps)
             cubin = compiled.asm["cubin"]
             assert len(cubin) > 0 and f"sm_{capability}" in compiled.asm["ptx"]

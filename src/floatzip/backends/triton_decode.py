@@ -704,6 +704,10 @@ def encode(bits, geometry_args, counts, workers: int = 1):
     raise UnsupportedError("the triton back end only decodes; encode with 'numba' or 'numpy'")
 
 
+def histogram(bits, width, top_bits, workers: int = 1):
+    raise UnsupportedError("the triton back end only decodes; encode with 'numba' or 'numpy'")
+
+
 def decode(geometry: CodedGeometry, counts: np.ndarray, lane_sizes: np.ndarray,
            payload: np.ndarray, raw: np.ndarray, dtype, workers: int = 1,
            device=None) -> np.ndarray:
