@@ -68,7 +68,7 @@ def build_llama(root: str, size: str) -> tuple[str, str, dict]:
     save_random_llama(original, **(SMALL_LLAMA if size == "small" else {}))
     log(f"built a random Llama ({size}) in {time.perf_counter() - t0:.0f} s")
     t0 = time.perf_counter()
-    if cli(["compress", original, packed, "-q"]) != 0:
+    if cli(["compress", original, packed, "-q", "--force"]) != 0:
         raise SystemExit("compression failed")
     info = {"compress_s": time.perf_counter() - t0}
     return original, packed, info
@@ -80,7 +80,7 @@ def build_minilm(root: str) -> tuple[str, str, dict]:
     original, packed = os.path.join(root, "minilm-bf16"), os.path.join(root, "minilm-bf16.fz")
     write_bf16_copy(bundled_model_dir(), original)
     t0 = time.perf_counter()
-    if cli(["compress", original, packed, "-q"]) != 0:
+    if cli(["compress", original, packed, "-q", "--force"]) != 0:
         raise SystemExit("compression failed")
     return original, packed, {"compress_s": time.perf_counter() - t0}
 

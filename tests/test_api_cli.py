@@ -183,3 +183,21 @@ def test_output_file_permissions_follow_umask(tmp_path, small_checkpoint):
     finally:
         os.umask(old)
     assert (packed.stat().st_mode & 0o777) == 0o644
+
+
+def test_existing_output_is_kept_unless_forced(tmp_path, small_checkpoint):
+    packed = tmp_path / "m.fz.safetensors"
+    packed.write_bytes(b"precious")
+    with pytest.raises(floatzip.OutputExistsError, match="already exists"):
+        floatzip.compress(small_checkpoint, packed)
+    assert packed.read_bytes() == b"precious"
+    code, out, err = run_cli("compress", small_checkpoint, packed)
+    assert code != 0 and "--force" in err and packed.read_bytes() == b"precious"
+    code, out, err = run_cli("compress", small_checkpoint, packed, "--force")
+    assert code == 0 and floatzip.verify(small_checkpoint, packed).ok
+    other = tmp_path / "existing-dir"
+    other.mkdir()
+    (other / "keep.txt").write_text("mine")
+    with pytest.raises(floatzip.OutputExistsError):
+        floatzip.decompress(packed, other)
+    assert (other / "keep.txt").read_text() == "mine"

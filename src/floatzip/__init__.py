@@ -9,14 +9,14 @@ parallel on CPU and GPU, and runs models straight from the compressed form.
 
 Importing floatzip is cheap: numba, torch and triton load only when used.
 """
-from .errors import CorruptDataError, FloatzipError, FormatError, UnsupportedError
+from .errors import CorruptDataError, FloatzipError, FormatError, OutputExistsError, UnsupportedError
 from .format.container import FORMAT_VERSION
 
 __version__ = "0.1.0"
 
 __all__ = [
     "compress", "decompress", "verify", "safe_open", "load_model",
-    "FloatzipError", "FormatError", "CorruptDataError", "UnsupportedError",
+    "FloatzipError", "FormatError", "CorruptDataError", "OutputExistsError", "UnsupportedError",
     "FORMAT_VERSION", "__version__",
 ]
 

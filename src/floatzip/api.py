@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .codecs.encoded import EncodedTensor, decode_tensor, encode_tensor
-from .errors import CorruptDataError, FloatzipError, FormatError
+from .errors import CorruptDataError, FloatzipError, FormatError, OutputExistsError
 from .format import container
 from .format.safetensors_header import read_header
 from .io_utils import atomic_output, resolve_workers
@@ -134,11 +134,19 @@ def _write_manifest(directory: str, files: dict) -> None:
         json.dump(doc, f, indent=2, sort_keys=True)
 
 
-def compress(src, dst, *, workers=None, backend=None, progress=False) -> dict:
+def _check_output(dst: str, overwrite: bool) -> None:
+    if os.path.lexists(dst) and not overwrite:
+        raise OutputExistsError(f"{dst}: already exists; pass overwrite=True (CLI: --force) "
+                                "to replace it")
+
+
+def compress(src, dst, *, workers=None, backend=None, progress=False, overwrite=False) -> dict:
     """Compress a .safetensors file, or a model directory: every
     ``*.safetensors`` file is compressed under its own name, every other file
-    copied, and a ``floatzip.json`` manifest written."""
+    copied, and a ``floatzip.json`` manifest written. An existing ``dst`` is
+    replaced only with ``overwrite=True``."""
     src, dst = os.fspath(src), os.fspath(dst)
+    _check_output(dst, overwrite)
     if os.path.isdir(src):
         return _process_directory(src, dst, compress_file,
                                   lambda rel, full: rel.endswith(".safetensors"),
@@ -147,9 +155,10 @@ def compress(src, dst, *, workers=None, backend=None, progress=False) -> dict:
     return compress_file(src, dst, workers=workers, backend=backend, progress=progress)
 
 
-def decompress(src, dst, *, workers=None, backend=None, progress=False) -> dict:
+def decompress(src, dst, *, workers=None, backend=None, progress=False, overwrite=False) -> dict:
     """Inverse of :func:`compress`, for a file or a compressed directory."""
     src, dst = os.fspath(src), os.fspath(dst)
+    _check_output(dst, overwrite)
     if os.path.isdir(src):
         if not os.path.exists(os.path.join(src, MANIFEST)):
             raise FormatError(f"{src}: not a floatzip model directory (no {MANIFEST}); "

@@ -8,6 +8,11 @@ import time
 from .errors import FloatzipError
 
 
+def _output_args(p):
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.add_argument("-f", "--force", action="store_true", help="replace DST if it exists")
+
+
 def _workers_arg(p):
     p.add_argument("--workers", type=int, default=None,
                    help="threads to use (default: all cores)")
@@ -27,7 +32,7 @@ def cmd_compress(args) -> int:
     from . import api
     t0 = time.perf_counter()
     s = api.compress(args.src, args.dst, workers=args.workers, backend=args.backend,
-                     progress=not args.quiet and sys.stderr.isatty())
+                     progress=not args.quiet and sys.stderr.isatty(), overwrite=args.force)
     dt = time.perf_counter() - t0
     print(f"{args.src} -> {args.dst}: {_human(s['original_bytes'])} -> "
           f"{_human(s['compressed_bytes'])} (ratio {s['compressed_bytes'] / max(s['original_bytes'], 1):.4f}) "
@@ -39,7 +44,7 @@ def cmd_decompress(args) -> int:
     from . import api
     t0 = time.perf_counter()
     s = api.decompress(args.src, args.dst, workers=args.workers, backend=args.backend,
-                       progress=not args.quiet and sys.stderr.isatty())
+                       progress=not args.quiet and sys.stderr.isatty(), overwrite=args.force)
     dt = time.perf_counter() - t0
     print(f"{args.src} -> {args.dst}: {_human(s['original_bytes'])} restored in {dt:.2f} s, "
           f"{s['original_bytes'] / dt / 1e6:.0f} MB/s")
@@ -84,14 +89,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compress", help="compress a .safetensors file or a model directory")
     p.add_argument("src")
     p.add_argument("dst")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _output_args(p)
     _workers_arg(p)
     p.set_defaults(func=cmd_compress)
 
     p = sub.add_parser("decompress", help="restore the original file or directory, byte for byte")
     p.add_argument("src")
     p.add_argument("dst")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _output_args(p)
     _workers_arg(p)
     p.set_defaults(func=cmd_decompress)
 

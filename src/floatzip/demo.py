@@ -97,7 +97,7 @@ def run_demo(workers=None, keep=None) -> int:
         # Warm the back end (JIT cache load) so the timings show the coder.
         api.compress(original, packed, workers=workers)
         t0 = time.perf_counter()
-        api.compress(original, packed, workers=workers)
+        api.compress(original, packed, workers=workers, overwrite=True)
         t_c = time.perf_counter() - t0
         sizes = summarize(packed)
         nbytes = sizes["orig"]

@@ -20,6 +20,10 @@ class CorruptDataError(FormatError):
     non-zero padding, or the decoded bytes fail their checksum."""
 
 
+class OutputExistsError(FloatzipError, FileExistsError):
+    """The output path exists and replacing it was not asked for."""
+
+
 class UnsupportedError(FloatzipError, ValueError):
     """A valid file that this version cannot handle: newer format version,
     unknown codec or dtype."""
