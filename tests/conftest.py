@@ -21,6 +21,22 @@ def write_safetensors(path, tensors, metadata=None):
     return path
 
 
+def explicit_args(bits, dtype, symbol_bits, table_log, lane_symbols):
+    """Coding parameters for ``bits`` with a chosen symbol size, table and
+    lane length, whatever the encoder's model would pick: (args, counts)."""
+    from floatzip.backends import numpy_ref
+    from floatzip.codecs import tans
+    from floatzip.dtypes import FLOAT_LAYOUTS
+    layout = FLOAT_LAYOUTS[dtype]
+    hist = numpy_ref.histogram(bits, layout.width, symbol_bits)
+    used = np.flatnonzero(hist)
+    first, last = int(used[0]), int(used[-1])
+    counts = tans.normalize_counts(hist[first:last + 1], table_log)
+    args = dict(width=layout.width, symbol_bits=symbol_bits, table_log=table_log,
+                first_symbol=first, lane_symbols=lane_symbols)
+    return args, counts
+
+
 def bf16_bits(values: np.ndarray) -> np.ndarray:
     """float32 -> bf16 bit patterns (truncation is fine for test data)."""
     return (np.asarray(values, np.float32).view(np.uint32) >> 16).astype(np.uint16)

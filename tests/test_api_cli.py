@@ -7,11 +7,10 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import bf16_bits, write_safetensors
 
 import floatzip
 from floatzip.cli import main
-
-from conftest import bf16_bits, write_safetensors
 
 
 def run_cli(*args):

@@ -12,6 +12,7 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import explicit_args
 
 from floatzip.backends import numpy_ref
 from floatzip.codecs import encoded, model, tans
@@ -70,18 +71,6 @@ def fp8_round(x: np.ndarray, layout) -> np.ndarray:
     i = np.clip(np.searchsorted(sorted_values, x), 1, len(order) - 1)
     nearer_low = np.abs(x - sorted_values[i - 1]) <= np.abs(sorted_values[i] - x)
     return order[np.where(nearer_low, i - 1, i)].astype(np.uint8)
-
-
-def explicit_args(bits, dtype, symbol_bits, table_log, lane_symbols):
-    """Coding parameters for ``bits`` with a chosen symbol size and table."""
-    layout = FLOAT_LAYOUTS[dtype]
-    hist = numpy_ref.histogram(bits, layout.width, symbol_bits)
-    used = np.flatnonzero(hist)
-    first, last = int(used[0]), int(used[-1])
-    counts = tans.normalize_counts(hist[first:last + 1], table_log)
-    args = dict(width=layout.width, symbol_bits=symbol_bits, table_log=table_log,
-                first_symbol=first, lane_symbols=lane_symbols)
-    return args, counts
 
 
 def model_args(bits, dtype, lane_symbols=model.DEFAULT_LANE_SYMBOLS):

@@ -1,6 +1,7 @@
 """Round trips through the codec: every bit pattern, every dtype, odd sizes."""
 import numpy as np
 import pytest
+from conftest import bf16_bits
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -8,8 +9,6 @@ from floatzip.codecs import tans
 from floatzip.codecs.encoded import decode_tensor, encode_tensor
 from floatzip.codecs.layout import LANES, lane_symbol_counts
 from floatzip.dtypes import FLOAT_LAYOUTS
-
-from conftest import bf16_bits
 
 BACKENDS = ["numpy", "numba"]
 

@@ -6,12 +6,11 @@ import os
 
 import numpy as np
 import pytest
+from conftest import FIXTURES
 
 import floatzip
 from floatzip.codecs import tans
 from floatzip.format.container import FloatzipFile
-
-from conftest import FIXTURES
 
 V1 = os.path.join(FIXTURES, "v1")
 MUST_FAIL = os.path.join(V1, "must_fail")

@@ -5,7 +5,6 @@ import subprocess
 import sys
 
 import numpy as np
-
 from conftest import bf16_bits, write_safetensors
 
 SCRIPT = """

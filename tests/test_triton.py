@@ -20,15 +20,27 @@ import pytest
 torch = pytest.importorskip("torch")
 triton = pytest.importorskip("triton")
 
+from conftest import explicit_args  # noqa: E402
+
 from floatzip.backends import numpy_ref  # noqa: E402
 from floatzip.backends import triton_decode as td  # noqa: E402
 from floatzip.codecs import model, tans  # noqa: E402
 from floatzip.codecs.encoded import (  # noqa: E402
-    CODEC_RAW, CODEC_TANS, EncodedTensor, checksum, decode_tensor, encode_tensor)
+    CODEC_RAW,
+    CODEC_TANS,
+    EncodedTensor,
+    checksum,
+    decode_tensor,
+    encode_tensor,
+)
 from floatzip.codecs.layout import CodedGeometry  # noqa: E402
 from floatzip.dtypes import FLOAT_LAYOUTS  # noqa: E402
 from floatzip.errors import (  # noqa: E402
-    CorruptDataError, FloatzipError, FormatError, UnsupportedError)
+    CorruptDataError,
+    FloatzipError,
+    FormatError,
+    UnsupportedError,
+)
 
 # Many groups per program: the interpreter's cost is per step, not per lane.
 WIDE = 64
@@ -73,12 +85,8 @@ def force_tans(bits: np.ndarray, dtype: str, symbol_bits: int, table_log: int,
                lane_symbols: int, shape=None) -> EncodedTensor:
     """Tans-code with the given parameters even where raw would be smaller."""
     layout = FLOAT_LAYOUTS[dtype]
-    hist = numpy_ref.histogram(bits, layout.width, symbol_bits)
-    used = np.flatnonzero(hist)
-    first, last = int(used[0]), int(used[-1])
-    counts = tans.normalize_counts(hist[first:last + 1], table_log)
-    args = dict(width=layout.width, symbol_bits=symbol_bits, table_log=table_log,
-                first_symbol=first, lane_symbols=lane_symbols)
+    args, counts = explicit_args(bits.ravel(), dtype, symbol_bits, table_log, lane_symbols)
+    first = args["first_symbol"]
     lane_sizes, payload, raw = numpy_ref.encode(bits.ravel(), args, counts)
     geometry = CodedGeometry(count=bits.size, width=layout.width, symbol_bits=symbol_bits,
                              table_log=table_log, first_symbol=first,
