@@ -75,8 +75,9 @@ def choose_coding(histogram: np.ndarray, layout: FloatLayout, count: int, *,
         counts = tans.normalize_counts(hist, log)
         payload_bits = tans.coded_bits(hist, counts, log) + groups * LANES * LANE_OVERHEAD_BITS
         total = (payload_bits + n * (layout.width - symbol_bits)) / 8 + 2 * len(hist)
-        if best is None or total < best.estimated_bytes:
-            best = CodingChoice(symbol_bits, log, first, counts, lane_symbols, int(total))
+        if best is not None and total >= best.estimated_bytes:
+            break       # the cost falls, then rises, with the symbol width: past the minimum
+        best = CodingChoice(symbol_bits, log, first, counts, lane_symbols, int(total))
     if best is None or best.estimated_bytes >= n * layout.width // 8:
         return None
     return best
