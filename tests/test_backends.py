@@ -441,3 +441,22 @@ def test_histogram_matches_reference(dtype, workers):
     for top in (1, model.histogram_bits(layout), layout.width if layout.width <= 12 else 12):
         np.testing.assert_array_equal(numba_backend.histogram(bits, layout.width, top, workers),
                                       numpy_ref.histogram(bits, layout.width, top))
+
+
+def test_decode_into_out_and_bad_out_is_refused():
+    from floatzip.backends import numba_backend
+    from floatzip.errors import DecoderArgumentError
+    bits = (np.random.default_rng(2).standard_normal(5000).astype(np.float32)
+            .view(np.uint32) >> 16).astype(np.uint16)
+    args, counts = explicit_args(bits, "BF16", 9, 12, 64)
+    sizes, payload, raw = numpy_ref.encode(bits, args, counts)
+    geo = CodedGeometry(count=bits.size, table_symbols=len(counts),
+                        payload_bytes=int(payload.size), **args)
+    for impl in (numpy_ref, numba_backend):
+        out = np.full(bits.size, 0xFFFF, np.uint16)
+        assert impl.decode(geo, counts, sizes, payload, raw, np.uint16, out=out) is out
+        np.testing.assert_array_equal(out, bits)
+    for bad in (np.empty(bits.size - 1, np.uint16), np.empty(bits.size, np.uint32),
+                np.empty(2 * bits.size, np.uint16)[::2]):
+        with pytest.raises(DecoderArgumentError):
+            numba_backend.decode(geo, counts, sizes, payload, raw, np.uint16, out=bad)

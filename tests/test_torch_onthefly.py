@@ -81,13 +81,13 @@ def test_decode_rows_and_group_ranges(dtype, shape):
         assert np.array_equal(onthefly.decode_rows(enc, rows), table[rows])
 
 
-def test_decode_into_in_chunks(monkeypatch):
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_decode_into_writes_the_given_buffer(backend):
     rng = np.random.default_rng(1)
     raw = (rng.standard_normal(50_000).astype(np.float32).view(np.uint32) >> 16).astype(np.uint16)
     enc = encode_tensor(raw.view(np.uint8), "BF16", (50_000,), lane_symbols=32)
-    monkeypatch.setattr(onthefly, "CHUNK_BYTES", 5000)      # many chunks, a short last one
-    out = np.empty(enc.original_bytes, dtype=np.uint8)
-    onthefly.decode_into(enc, out, verify=True)
+    out = np.full(enc.original_bytes, 0xA5, dtype=np.uint8)      # poisoned
+    onthefly.decode_into(enc, out, backend=backend, verify=True)
     assert np.array_equal(out, raw.view(np.uint8))
 
 

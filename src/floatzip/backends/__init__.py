@@ -11,8 +11,8 @@ A back end is a module with ``name`` and three functions:
     lane_symbols. ``counts``: normalized uint16 counts. Returns uint16 lane
     sizes, the uint8 payload and the uint8 packed raw fields.
 
-``decode(geometry, counts, lane_sizes, payload, raw, dtype, workers=1) -> bits``
-    Inverse of encode. The container has already validated every size and
+``decode(geometry, counts, lane_sizes, payload, raw, dtype, workers=1, out=None) -> bits``
+    Inverse of encode; into ``out`` (``count`` values of ``dtype``) if given. The container has already validated every size and
     the counts; the stream *content* may still be corrupt, and the back end
     must then raise CorruptDataError (never read out of bounds).
 

@@ -737,15 +737,21 @@ def _padded(buf: np.ndarray, start: int, slack: int) -> np.ndarray:
 
 
 def decode(geometry: CodedGeometry, counts: np.ndarray, lane_sizes: np.ndarray,
-           payload: np.ndarray, raw: np.ndarray, dtype, workers: int = 1) -> np.ndarray:
+           payload: np.ndarray, raw: np.ndarray, dtype, workers: int = 1,
+           out: np.ndarray | None = None) -> np.ndarray:
     """Decode validated sections into the values' bits (``dtype``, flat).
+    ``out``: a writable, contiguous array of ``count`` native values of that
+    dtype to decode into (saves allocating and first-touching a new one).
     Raises CorruptDataError if a lane does not end exactly where it should."""
     n = geometry.count
     dtype = np.dtype(dtype)
     native = dtype.newbyteorder("=")
     if native.kind != "u" or native.itemsize * 8 != geometry.width:
         raise ValueError(f"dtype {dtype} does not hold {geometry.width}-bit values")
-    out = np.empty(n, dtype=native)
+    if out is None:
+        out = np.empty(n, dtype=native)
+    else:
+        check_out(out, n, native)
     if n == 0:
         return out.view(dtype)
     K = geometry.lane_symbols
@@ -818,6 +824,16 @@ def decode(geometry: CodedGeometry, counts: np.ndarray, lane_sizes: np.ndarray,
                 f"{int(sizes[lane])} bytes")
         raise CorruptDataError(f"lane {lane}: non-zero padding bits after its {used} bits")
     return out.view(dtype) if native == dtype else out.astype(dtype)
+
+
+def check_out(out: np.ndarray, count: int, dtype: np.dtype) -> None:
+    """``out`` must be what decode writes: checked before a kernel touches it."""
+    from ..errors import DecoderArgumentError
+    if (not isinstance(out, np.ndarray) or out.dtype != dtype or out.shape != (count,)
+            or not out.flags.c_contiguous or not out.flags.writeable):
+        raise DecoderArgumentError(
+            f"out= must be a writable contiguous {dtype} array of shape ({count},), got "
+            f"{getattr(out, 'dtype', type(out).__name__)} {getattr(out, 'shape', '')}")
 
 
 # -- encoder ---------------------------------------------------------------

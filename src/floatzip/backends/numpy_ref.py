@@ -130,8 +130,10 @@ def encode(bits: np.ndarray, geometry_args: dict, counts: np.ndarray, workers: i
 
 
 def decode(geometry: CodedGeometry, counts: np.ndarray, lane_sizes: np.ndarray,
-           payload: np.ndarray, raw: np.ndarray, dtype, workers: int = 1) -> np.ndarray:
-    """Decode validated sections into the values' bits (``dtype``, flat).
+           payload: np.ndarray, raw: np.ndarray, dtype, workers: int = 1,
+           out: np.ndarray | None = None) -> np.ndarray:
+    """Decode validated sections into the values' bits (``dtype``, flat), or
+    into ``out`` (``count`` values of that dtype) when given.
     Raises CorruptDataError if a lane does not end exactly where it should."""
     n = geometry.count
     dtype = np.dtype(dtype)
@@ -181,4 +183,8 @@ def decode(geometry: CodedGeometry, counts: np.ndarray, lane_sizes: np.ndarray,
     symbols = symbols.transpose(1, 0, 2).reshape(-1)[:n]
     raw_vals = unpack_raw(raw, n, geometry.raw_bits, dtype)
     rotated = (symbols.astype(dtype) << dtype.type(geometry.raw_bits)) | raw_vals
-    return rotate_sign_up(rotated, geometry.width)
+    values = rotate_sign_up(rotated, geometry.width)
+    if out is None:
+        return values
+    out[...] = values
+    return out

@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import inspect
 import os
 import threading
 import time
@@ -192,24 +191,6 @@ class BlockDecoder(ABC):
         order of ``placements``, with the parameters' dtypes and shapes."""
 
 
-_TAKES_OUT: dict[int, bool] = {}
-
-
-def _takes_out(impl) -> bool:
-    if id(impl) not in _TAKES_OUT:
-        try:
-            _TAKES_OUT[id(impl)] = "out" in inspect.signature(impl.decode).parameters
-        except (TypeError, ValueError):
-            _TAKES_OUT[id(impl)] = False
-    return _TAKES_OUT[id(impl)]
-
-
-#: A back end without ``out=`` decodes into a new array that is then copied
-#: into the slot; tensors larger than this are decoded a range of groups at a
-#: time, so that the temporary stays this small.
-CHUNK_BYTES = 16 << 20
-
-
 def decode_into(enc: EncodedTensor, out: np.ndarray, *, backend=None, workers: int = 1,
                 verify: bool = True, where: str = "") -> None:
     """Decode ``enc`` into ``out`` (uint8, exactly its original size)."""
@@ -220,17 +201,7 @@ def decode_into(enc: EncodedTensor, out: np.ndarray, *, backend=None, workers: i
         storage = FLOAT_LAYOUTS[enc.dtype].storage
         args = (enc.geometry, enc.counts, enc.lane_sizes, enc.payload, enc.raw, storage)
         try:
-            if _takes_out(impl):
-                impl.decode(*args, workers=workers, out=out.view(storage))
-            elif enc.original_bytes <= CHUNK_BYTES:
-                np.copyto(out, impl.decode(*args, workers=workers).view(np.uint8))
-            else:
-                group_bytes = 32 * enc.geometry.lane_symbols * storage.itemsize
-                step = max(1, CHUNK_BYTES // group_bytes)
-                for g0 in range(0, enc.geometry.groups, step):
-                    part = decode_group_range(enc, g0, min(g0 + step, enc.geometry.groups),
-                                              backend=backend, workers=workers).view(np.uint8)
-                    out[g0 * group_bytes:g0 * group_bytes + part.size] = part
+            impl.decode(*args, workers=workers, out=out.view(storage))
         except CorruptDataError as exc:
             raise CorruptDataError(f"{where}: {exc}") from None
     if verify and checksum(out) != enc.checksum:
