@@ -200,3 +200,24 @@ def test_existing_output_is_kept_unless_forced(tmp_path, small_checkpoint):
     with pytest.raises(floatzip.OutputExistsError):
         floatzip.decompress(packed, other)
     assert (other / "keep.txt").read_text() == "mine"
+
+
+def test_cli_on_model_directories(tmp_path, rng):
+    src = make_model_dir(tmp_path / "model", rng)
+    packed, restored = tmp_path / "packed", tmp_path / "restored"
+    code, out, err = run_cli("compress", src, packed)
+    assert code == 0, err
+    code, out, err = run_cli("info", packed)
+    assert code == 0 and "model-00001-of-00002.safetensors" in out and "a.weight" in out
+    code, out, err = run_cli("verify", src, packed)
+    assert code == 0, err
+    code, out, err = run_cli("decompress", packed, restored)
+    assert code == 0, err
+    (restored / "config.json").write_text("{}")
+    code, out, err = run_cli("verify", src, restored)
+    assert code == 1 and "config.json" in err
+
+
+def test_python_dash_m_runs_the_cli():
+    proc = subprocess.run([sys.executable, "-m", "floatzip", "--version"], capture_output=True, text=True)
+    assert proc.returncode == 0 and "floatzip" in proc.stdout
