@@ -3,6 +3,7 @@ consume it. The container (format/) turns EncodedTensor into bytes and back;
 back ends (backends/) do the heavy lifting."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -12,7 +13,7 @@ from .. import backends
 from ..dtypes import FLOAT_LAYOUTS, ITEMSIZE
 from ..errors import CorruptDataError
 from . import model
-from .layout import CodedGeometry
+from .layout import LANES, CodedGeometry
 
 CODEC_TANS = "tans"
 CODEC_RAW = "raw"
@@ -88,3 +89,27 @@ def decode_tensor(enc: EncodedTensor, *, backend=None, workers: int = 1,
             f"decoded bytes fail their xxh3-64 checksum (expected {enc.checksum:016x}, "
             f"got {checksum(out):016x})")
     return out
+
+
+def decode_group_range(enc: EncodedTensor, g0: int, g1: int, *, backend=None,
+                       workers: int = 1) -> np.ndarray:
+    """Values ``[g0·32K, min(g1·32K, n))`` of a tans-coded tensor, as bits
+    (its storage dtype), decoding only groups ``g0..g1-1``.
+
+    Groups are independent (docs/FORMAT.md, section 5): their lanes are
+    contiguous in the payload and their raw fields in the raw section, which
+    start on a byte boundary since a group holds a multiple of 8 values; so
+    the groups form a smaller coded tensor of the same parameters, which the
+    back end decodes with its usual checks. Only a checksum cannot be
+    checked on part of a tensor."""
+    g = enc.geometry
+    group = LANES * g.lane_symbols
+    starts = np.zeros(g.lanes + 1, dtype=np.int64)
+    np.cumsum(np.asarray(enc.lane_sizes, dtype=np.int64), out=starts[1:])
+    v0, v1 = g0 * group, min(g1 * group, g.count)
+    payload = enc.payload[starts[LANES * g0]:starts[LANES * g1]]
+    raw = enc.raw[v0 * g.raw_bits // 8:(v1 * g.raw_bits + 7) // 8]
+    part = dataclasses.replace(g, count=v1 - v0, payload_bytes=int(payload.size))
+    storage = FLOAT_LAYOUTS[enc.dtype].storage
+    return backends.get(backend).decode(part, enc.counts, enc.lane_sizes[LANES * g0:LANES * g1],
+                                        payload, raw, storage, workers=workers)

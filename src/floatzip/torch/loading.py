@@ -29,13 +29,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..api import MANIFEST
 from ..codecs.encoded import EncodedTensor, decode_tensor
 from ..errors import CorruptDataError, FormatError, UnsupportedError
 from ..format.container import FloatzipFile
 from ..io_utils import resolve_workers
 from .dtypes import bytes_to_torch, torch_dtype
 
-MANIFEST = "floatzip.json"
 CONFIG = "config.json"
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"

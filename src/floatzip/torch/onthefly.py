@@ -49,7 +49,6 @@ is not meant for concurrent forwards from several threads.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import threading
 import time
@@ -62,7 +61,7 @@ import torch
 from torch import nn
 
 from .. import backends
-from ..codecs.encoded import CODEC_RAW, EncodedTensor, checksum
+from ..codecs.encoded import CODEC_RAW, EncodedTensor, checksum, decode_group_range
 from ..dtypes import FLOAT_LAYOUTS
 from ..errors import CorruptDataError, FloatzipError, UnsupportedError
 from .dtypes import bytes_to_torch
@@ -207,30 +206,6 @@ def decode_into(enc: EncodedTensor, out: np.ndarray, *, backend=None, workers: i
     if verify and checksum(out) != enc.checksum:
         raise CorruptDataError(f"{where}: decoded bytes fail their xxh3-64 checksum "
                                f"(expected {enc.checksum:016x}, got {checksum(out):016x})")
-
-
-def decode_group_range(enc: EncodedTensor, g0: int, g1: int, *, backend=None,
-                       workers: int = 1) -> np.ndarray:
-    """Values ``[g0·32K, min(g1·32K, n))`` of a tans-coded tensor, as bits
-    (its storage dtype), decoding only groups ``g0..g1-1``.
-
-    Groups are independent (docs/FORMAT.md, section 5): their lanes are
-    contiguous in the payload and their raw fields in the raw section, which
-    start on a byte boundary since a group holds a multiple of 8 values; so
-    the groups form a smaller coded tensor of the same parameters, which the
-    back end decodes with its usual checks. Only a checksum cannot be
-    checked on part of a tensor."""
-    g = enc.geometry
-    group = 32 * g.lane_symbols
-    starts = np.zeros(g.lanes + 1, dtype=np.int64)
-    np.cumsum(np.asarray(enc.lane_sizes, dtype=np.int64), out=starts[1:])
-    v0, v1 = g0 * group, min(g1 * group, g.count)
-    payload = enc.payload[starts[32 * g0]:starts[32 * g1]]
-    raw = enc.raw[v0 * g.raw_bits // 8:(v1 * g.raw_bits + 7) // 8]
-    part = dataclasses.replace(g, count=v1 - v0, payload_bytes=int(payload.size))
-    storage = FLOAT_LAYOUTS[enc.dtype].storage
-    return backends.get(backend).decode(part, enc.counts, enc.lane_sizes[32 * g0:32 * g1],
-                                        payload, raw, storage, workers=workers)
 
 
 def decode_rows(enc: EncodedTensor, rows: np.ndarray, *, backend=None,
