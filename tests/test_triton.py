@@ -447,3 +447,15 @@ def test_compiles_for(capability, tmp_path):
                 usage = subprocess.run([cuobjdump, "-res-usage", str(path)],
                                        capture_output=True, text=True).stdout
                 assert "LOCAL:0" in usage, usage
+
+
+def test_lane_ending_in_a_wrong_state_is_flagged(device):
+    # The must-fail fixture whose only fault is lane 0's final state.
+    from floatzip.format.container import FloatzipFile
+    path = os.path.join(os.path.dirname(__file__), "fixtures", "v1", "must_fail",
+                        "lane-final-state.fz.safetensors")
+    enc = FloatzipFile(path).encoded("x")
+    dec = td.DeviceBlockDecoder.from_encoded([enc], device)
+    dec.decode()
+    with pytest.raises(CorruptDataError, match="lane"):
+        dec.check()

@@ -84,6 +84,7 @@ _P_DELTA_SHIFT = 18
 # Decoder failure kinds (err[2])
 _BAD_SIZE = 1
 _BAD_PADDING = 2
+_BAD_STATE = 3
 
 
 def _host_has_gathers() -> bool:
@@ -576,10 +577,10 @@ def _decode_scalar_steps(table, payload, group_byte, state, pos, raw, raw_byte, 
 
 
 @numba.njit(**_NJIT)
-def _check_group(payload, lane_start, g, pos, err):
+def _check_group(payload, lane_start, g, pos, state, err):
     """Each lane of group ``g`` must have used exactly its bytes, the
-    padding bits after its last field all zero. Returns 0, or 1 with
-    ``err`` filled."""
+    padding bits after its last field all zero, and end in state 0 (lanes
+    without symbols start there). Returns 0, or 1 with ``err`` filled."""
     group_byte = lane_start[g * LANES]
     for lane in range(LANES):
         start = (lane_start[g * LANES + lane] - group_byte) * 8
@@ -592,6 +593,9 @@ def _check_group(payload, lane_start, g, pos, err):
         elif used & 7 and ((np.int64(_load_u64(payload, group_byte + (p >> 3))) >> (p & 7))
                            & ((1 << ((-used) & 7)) - 1)):
             kind = _BAD_PADDING
+        elif state[lane] != 0:
+            kind = _BAD_STATE
+            used = state[lane]
         if kind:
             err[0] = g * LANES + lane
             err[1] = used
@@ -615,7 +619,7 @@ def _decode_groups(table, payload, lane_start, raw, out, count, lane_symbols, ta
                              first * raw_bits // 8, raw_offset, raw_shift, out, first, 0,
                              full_steps, left - full_steps * LANES if left < group else 0,
                              raw_bits, width, out_shift)
-        if _check_group(payload, lane_start, g, pos, err):
+        if _check_group(payload, lane_start, g, pos, state, err):
             return 1
     return 0
 
@@ -640,7 +644,7 @@ def _decode_groups_simd(table, payload, lane_start, raw, out, count, lane_symbol
             _decode_scalar_steps(table, payload, group_byte, state, pos, raw, raw_byte,
                                  raw_offset, raw_shift, out, first, full_steps, full_steps,
                                  left - full_steps * LANES, raw_bits, width, out_shift)
-        if _check_group(payload, lane_start, g, pos, err):
+        if _check_group(payload, lane_start, g, pos, state, err):
             return 1
     return 0
 
@@ -822,6 +826,8 @@ def decode(geometry: CodedGeometry, counts: np.ndarray, lane_sizes: np.ndarray,
             raise CorruptDataError(
                 f"lane {lane}: decoding used {used} bits but the lane holds "
                 f"{int(sizes[lane])} bytes")
+        if kind == _BAD_STATE:
+            raise CorruptDataError(f"lane {lane}: ends in state {used}, not 0")
         raise CorruptDataError(f"lane {lane}: non-zero padding bits after its {used} bits")
     return out.view(dtype) if native == dtype else out.astype(dtype)
 

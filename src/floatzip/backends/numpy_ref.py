@@ -129,6 +129,14 @@ def encode(bits: np.ndarray, geometry_args: dict, counts: np.ndarray, workers: i
     return lane_sizes.astype(np.uint16), payload, packed_raw
 
 
+def check_final_state(state: np.ndarray, ended: np.ndarray) -> None:
+    """A lane's decoder must end in state 0, where its encoder started (L)."""
+    bad = np.flatnonzero(ended & (state != 0))
+    if bad.size:
+        lane = int(bad[0])
+        raise CorruptDataError(f"lane {lane}: ends in state {int(state[lane])}, not 0")
+
+
 def decode(geometry: CodedGeometry, counts: np.ndarray, lane_sizes: np.ndarray,
            payload: np.ndarray, raw: np.ndarray, dtype, workers: int = 1,
            out: np.ndarray | None = None) -> np.ndarray:
@@ -160,6 +168,7 @@ def decode(geometry: CodedGeometry, counts: np.ndarray, lane_sizes: np.ndarray,
     for step in range(geometry.lane_symbols):
         ending = per_lane == step
         if step and ending.any():
+            check_final_state(state, ending)
             state[ending] = size
         entry = table[state]
         lane_syms[step] = entry >> tans.ENTRY_SYMBOL_SHIFT
@@ -168,6 +177,7 @@ def decode(geometry: CodedGeometry, counts: np.ndarray, lane_sizes: np.ndarray,
         state = (entry & tans.ENTRY_BASE_MASK) + bits
         position += nbits
 
+    check_final_state(state, per_lane == geometry.lane_symbols)
     used_bits = position - lane_start
     if np.any((used_bits + 7) // 8 != sizes):
         bad = int(np.flatnonzero((used_bits + 7) // 8 != sizes)[0])

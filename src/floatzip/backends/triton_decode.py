@@ -53,12 +53,12 @@ that word a step later; per warp-step that is ~4 payload lines instead of
 R words). Loads past a lane's last symbol are masked; the buffers carry
 zero slack after each tensor for what a corrupt lane can still reach
 (PAYLOAD: table_log + 12*lane_symbols bits plus the look-ahead word; raw:
-RAW_SLACK_WORDS). A finished lane gets table entry 0 (0 bits, state 0,
-which is valid) and stores nothing. Loops have a trip count fixed per program (no
+RAW_SLACK_WORDS). A finished lane gets table entry 0 (0 bits), keeps its
+state and stores nothing. Loops have a trip count fixed per program (no
 per-lane ``while``), one loop per output width, picked once per program.
 At the end each lane checks, as numpy_ref does, that it ended in its last
 byte with zero padding bits (the bits after its end are still in its
-registers); bad lanes add to ``errors`` (an atomic add only on bad lanes),
+registers) and in state 0; bad lanes add to ``errors`` (an atomic add only on bad lanes),
 which ``check()`` reads.
 
 Without a GPU, set TRITON_INTERPRET=1: the same kernel then runs in Triton's
@@ -229,8 +229,9 @@ def _decode_kernel(
                 window = (lo.to(tl.uint32, bitcast=True) >> s) | \
                     ((hi.to(tl.uint32, bitcast=True) << 1) << (31 - s))
                 nbits = (entry >> 16) & 15
-                # With 0 bits this is ``base``: still a valid state.
-                state = (entry & 0xFFFF) + (window & ((1 << nbits) - 1).to(tl.uint32)).to(tl.int32)
+                # A finished lane keeps its last state, for the final check.
+                state = tl.where(active, (entry & 0xFFFF)
+                                 + (window & ((1 << nbits) - 1).to(tl.uint32)).to(tl.int32), state)
                 pos += nbits
                 adv = pos >= 32
                 pos = pos & 31
@@ -260,7 +261,9 @@ def _decode_kernel(
     s = pos.to(tl.uint32)
     window = (lo.to(tl.uint32, bitcast=True) >> s) | ((hi.to(tl.uint32, bitcast=True) << 1) << (31 - s))
     padding = window & ((1 << tail) - 1).to(tl.uint32)
-    bad = lane_ok & ((((used + 7) >> 3) * 8 != size_bits) | (padding != 0))
+    # And end in state 0, where its encoder started (a lane without symbols
+    # read state 0 from its masked loads).
+    bad = lane_ok & ((((used + 7) >> 3) * 8 != size_bits) | (padding != 0) | (state != 0))
     # One atomic per bad lane, so none on sound data (tl.sum is not a builtin).
     tl.atomic_add(err_ptr + lane * 0, bad.to(tl.int32), mask=bad)
 
