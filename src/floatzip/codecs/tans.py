@@ -8,7 +8,8 @@ Why tANS and not Huffman: the exponent of trained weights has ~2.6 bits of
 entropy and a skewed distribution; a prefix code loses ~0.04 bit/weight to
 rounding code lengths to whole bits; tANS with a 4096-entry table loses
 ~0.013 bit/weight to quantized probabilities (measured on MiniLM in BF16).
-The decoding step costs the same as a Huffman table lookup: one table read and one read of at most ``table_log`` bits.
+The decoding step costs the same as a Huffman table lookup: one table read
+and one read of at most ``table_log`` bits.
 """
 from __future__ import annotations
 
