@@ -221,3 +221,11 @@ def test_cli_on_model_directories(tmp_path, rng):
 def test_python_dash_m_runs_the_cli():
     proc = subprocess.run([sys.executable, "-m", "floatzip", "--version"], capture_output=True, text=True)
     assert proc.returncode == 0 and "floatzip" in proc.stdout
+
+
+def test_unknown_dtype_is_refused_clearly(tmp_path):
+    header = b'{"w":{"dtype":"F4","shape":[4],"data_offsets":[0,2]}}'
+    bad = tmp_path / "fp4.safetensors"
+    bad.write_bytes(len(header).to_bytes(8, "little") + header + b"\x12\x34")
+    code, out, err = run_cli("compress", bad, tmp_path / "o")
+    assert code == 2 and "unknown dtype 'F4'" in err and "'w'" in err and "Traceback" not in err
