@@ -86,19 +86,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"floatzip {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("compress", help="compress a .safetensors file or a model directory")
-    p.add_argument("src")
-    p.add_argument("dst")
-    _output_args(p)
-    _workers_arg(p)
-    p.set_defaults(func=cmd_compress)
-
-    p = sub.add_parser("decompress", help="restore the original file or directory, byte for byte")
-    p.add_argument("src")
-    p.add_argument("dst")
-    _output_args(p)
-    _workers_arg(p)
-    p.set_defaults(func=cmd_decompress)
+    for name, func, text in (
+            ("compress", cmd_compress, "compress a .safetensors file or a model directory"),
+            ("decompress", cmd_decompress, "restore the original file or directory, byte for byte")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("src")
+        p.add_argument("dst")
+        _output_args(p)
+        _workers_arg(p)
+        p.set_defaults(func=func)
 
     p = sub.add_parser("verify", help="exit 0 only if COMPRESSED restores ORIGINAL bit for bit")
     p.add_argument("original")

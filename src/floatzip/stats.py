@@ -1,4 +1,5 @@
-"""Order-0 entropy bounds, used by `floatzip info` and the benchmarks."""
+"""Order-0 entropy bounds of raw tensor bytes, for tests and benchmarks
+(the encoder records each tensor's bound itself, from its histogram)."""
 from __future__ import annotations
 
 import numpy as np
@@ -23,13 +24,14 @@ def entropy_of_counts(counts: np.ndarray) -> float:
 def exponent_bound_bits(data: np.ndarray, dtype: str) -> float | None:
     """Bits for a tensor (original bytes) if its exponent were coded at its
     order-0 entropy and every other bit stored as is; None if not a float."""
+    from .backends import numpy_ref
+    from .codecs import model
     layout = FLOAT_LAYOUTS.get(dtype)
     if layout is None:
         return None
     bits = data.view(layout.storage)
-    exponent = (bits >> layout.storage.type(layout.mantissa_bits)) & layout.storage.type(
-        (1 << layout.exponent_bits) - 1)
-    return entropy_bits(exponent) + bits.size * (layout.width - layout.exponent_bits)
+    histogram = numpy_ref.histogram(bits, layout.width, layout.exponent_bits)
+    return model.exponent_bound_bits(histogram, layout, bits.size)
 
 
 def value_bound_bits(data: np.ndarray, dtype: str) -> float | None:

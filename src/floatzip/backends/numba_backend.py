@@ -31,7 +31,6 @@ run-time argument. Importing this module compiles nothing.
 """
 from __future__ import annotations
 
-import os
 import sys
 import threading
 import warnings
@@ -49,6 +48,7 @@ from numba.extending import intrinsic
 from ..codecs import tans
 from ..codecs.layout import LANES, MAX_LANE_SYMBOLS, CodedGeometry
 from ..errors import CorruptDataError
+from ..io_utils import resolve_workers
 
 name = "numba"
 
@@ -701,12 +701,6 @@ def _call(simd_kernel, scalar_kernel, *args):
     return scalar_kernel(*args)
 
 
-def _resolve_workers(workers) -> int:
-    if workers is None or workers <= 0:
-        return os.cpu_count() or 1
-    return int(workers)
-
-
 def _split(groups: int, group: int, workers: int) -> list[tuple[int, int]]:
     """[0, groups) cut into contiguous, non-empty ranges of groups, one per
     worker, each worth handing to a thread."""
@@ -791,7 +785,7 @@ def decode(geometry: CodedGeometry, counts: np.ndarray, lane_sizes: np.ndarray,
             f"lane sizes add up to {int(sizes.sum())} bytes (min {int(sizes.min())}), the "
             f"payload holds {payload.size}")
 
-    workers = _resolve_workers(workers)
+    workers = resolve_workers(workers)
     # A job is a list of (first group, end group, payload, lane_start, raw).
     jobs = [[(g0, g1, payload, lane_start[g0 * LANES: g1 * LANES + 1],
               raw[g0 * group * raw_bits // 8:])]
@@ -1065,7 +1059,7 @@ def encode(bits: np.ndarray, geometry_args: dict, counts: np.ndarray, workers: i
                              f"coded alphabet (first_symbol {first_symbol}, {len(counts)} counts)")
         return payload[:written]
 
-    workers = _resolve_workers(workers)
+    workers = resolve_workers(workers)
     parts = _run(_split(groups, group, workers), run, workers)
     payload = np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint8)
     return lane_sizes, payload, raw
@@ -1103,7 +1097,7 @@ def histogram(bits: np.ndarray, width: int, top_bits: int, workers: int = 1) -> 
         raise ValueError(f"{bits.dtype} values are not {width} bits wide, or top_bits "
                          f"{top_bits} is outside 1..{width}")
     bits = bits.view(np.dtype(f"u{width // 8}"))
-    workers = _resolve_workers(workers)
+    workers = resolve_workers(workers)
     chunk = max(_MIN_VALUES_PER_JOB, -(-bits.size // workers))
     jobs = [(a, min(a + chunk, bits.size)) for a in range(0, bits.size, chunk)]
 

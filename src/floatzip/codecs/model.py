@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..dtypes import FloatLayout
+from ..stats import entropy_of_counts
 from . import tans
 from .layout import LANES, CodedGeometry
 
@@ -47,7 +48,6 @@ def coarsen(histogram: np.ndarray, bits: int) -> np.ndarray:
 def exponent_bound_bits(histogram: np.ndarray, layout: FloatLayout, count: int) -> float:
     """Bits if the exponent were coded at its order-0 entropy and every other
     bit stored as is (the bound `floatzip info` shows)."""
-    from ..stats import entropy_of_counts
     exponent = coarsen(histogram, layout.exponent_bits)
     return entropy_of_counts(exponent) + count * (layout.width - layout.exponent_bits)
 
