@@ -13,7 +13,8 @@ Stages (each one catches its own errors, prints them and lets the rest run):
              work and is not what this script measures).
   2. decode  decode throughput (output bytes / median time, triton.testing.do_bench,
              which flushes L2 between runs) per matrix and for the whole block in
-             one launch, for a few kernel shapes, next to a device-to-device copy
+             one launch, for a few kernel shapes and both table memories (L1, and
+             shared memory where Triton has Gluon), next to a device-to-device copy
              of the same output size (the practical ceiling). A launch has only as
              much parallelism as it has lanes (one thread each, 1024 serial steps by
              default), so small matrices alone cannot fill the GPU; the same tensors
@@ -115,7 +116,13 @@ BLOCK = {
 # groups / warps is the lanes each thread decodes, interleaved: (2, 1) and
 # (4, 2) give a thread two independent tANS chains at <= 64 registers, so
 # 32 one-warp programs per SM keep 2048 lanes in flight.
-CONFIGS = [(64, 4)] if SMOKE else [(1, 1), (2, 1), (2, 2), (4, 2), (4, 4), (8, 4), (16, 4)]
+SHAPES = [(64, 4)] if SMOKE else [(1, 1), (2, 1), (2, 2), (4, 2), (4, 4), (8, 4), (16, 4)]
+# Where the kernel reads its decode tables: through L1 (the plain Triton
+# build) and, where this Triton has Gluon's shared-memory gather, from
+# shared memory (the Gluon build of the same source; CUDA only).
+TABLE_MEMORIES = [m for m in td.TABLE_MEMORIES
+                  if m == "global" or (CUDA and td.shared_table_supported())]
+CONFIGS = [(g, w, m) for m in TABLE_MEMORIES for g, w in SHAPES]
 LANE_SYMBOLS = 64 if SMOKE else None      # None: the encoder's default (1024)
 WORKERS = os.cpu_count() or 1
 
@@ -201,7 +208,8 @@ CODED: dict[str, object] = {}          # block tensor name -> DeviceCodedTensor
 
 def environment():
     gpu = torch.cuda.get_device_name() if CUDA else "none (Triton interpreter on CPU)"
-    row("env", "device", gpu, f"torch {torch.__version__}, triton {triton.__version__}")
+    row("env", "device", gpu, f"torch {torch.__version__}, triton {triton.__version__}; "
+        f"table memories: {', '.join(TABLE_MEMORIES)}")
 
 
 def minilm_tensors() -> dict:
@@ -269,6 +277,10 @@ def encode_everything():
 
 # -- stage 1: verification -----------------------------------------------------------
 
+def config_name(groups, warps, memory):
+    return f"g{groups}w{warps}{'-smem' if memory == 'shared' else ''}"
+
+
 @stage("verify", 220)
 def verify_minilm():
     if not MINILM:
@@ -276,11 +288,13 @@ def verify_minilm():
     names = list(MINILM)
     encs = [MINILM[n][1] for n in names]
     originals = [MINILM[n][0] for n in names]
-    dec = td.DeviceBlockDecoder.from_encoded(encs, DEVICE, names=names)
-    outs = dec.decode()
-    dec.check()
-    bad = [n for n, o, ref in zip(names, outs, originals)
-           if not np.array_equal(as_bytes(o).cpu().numpy(), ref)]
+    bad = []
+    for memory in TABLE_MEMORIES:
+        dec = td.DeviceBlockDecoder.from_encoded(encs, DEVICE, names=names, table_memory=memory)
+        outs = dec.decode()
+        dec.check()
+        bad += [f"{n} ({memory})" for n, o, ref in zip(names, outs, originals)
+                if not np.array_equal(as_bytes(o).cpu().numpy(), ref)]
     # The CPU reference decoder on the same coded data, for the record.
     ref_bad = [n for n, e, ref in zip(names, encs, originals)
                if not np.array_equal(decode_tensor(e, backend="numpy"), ref)]
@@ -288,7 +302,8 @@ def verify_minilm():
     tans_n = sum(e.codec == CODEC_TANS for e in encs)
     orig = sum(r.nbytes for r in originals)
     ok = not bad and not ref_bad
-    row("verify", f"MiniLM as BF16: {len(encs)} tensors ({tans_n} tans), {values:,} values, one launch",
+    row("verify", f"MiniLM as BF16: {len(encs)} tensors ({tans_n} tans), {values:,} values, "
+        f"one launch per table memory ({', '.join(TABLE_MEMORIES)})",
         "bit-exact" if ok else f"MISMATCH in {len(bad)} (ref {len(ref_bad)})",
         "; ".join([f"on device {dec.nbytes / orig:.3f} of BF16 (tables included)"]
                   + (bad + ref_bad)[:3]))
@@ -297,25 +312,27 @@ def verify_minilm():
 @stage("verify", 240)
 def verify_llama_block():
     names = list(BLOCK)
-    dec = td.DeviceBlockDecoder.from_encoded([ENCODED[n] for n in names], DEVICE, names=names)
     for n in names:
         CODED[n] = td.DeviceCodedTensor(ENCODED[n], DEVICE, name=n)
-    out = dec.new_output()
-    out.fill_(0xA5)                         # poison: every byte must be written
-    outs = dec.decode(out)
-    dec.check()
     bad = []
-    for n, o in zip(names, outs):
-        ref = torch.from_numpy(ORIGINAL[n].view(np.uint8)).to(DEVICE)
-        if not torch.equal(as_bytes(o), ref):
-            bad.append(n)
+    for memory in TABLE_MEMORIES:
+        dec = td.DeviceBlockDecoder([CODED[n] for n in names], table_memory=memory)
+        out = dec.new_output()
+        out.fill_(0xA5)                         # poison: every byte must be written
+        outs = dec.decode(out)
+        dec.check()
+        for n, o in zip(names, outs):
+            ref = torch.from_numpy(ORIGINAL[n].view(np.uint8)).to(DEVICE)
+            if not torch.equal(as_bytes(o), ref):
+                bad.append(f"{n} ({memory})")
     # The CPU reference decoder agrees with the originals on the smallest matrix.
     small = ENCODED["k_proj"]
     ref_ok = np.array_equal(decode_tensor(small, backend="numpy"),
                             ORIGINAL["k_proj"].view(np.uint8))
     values = sum(math.prod(s) for s in BLOCK.values())
     orig = values * 2
-    row("verify", f"Llama-3-8B-shaped BF16 block, N(0,0.02): 9 tensors, {values:,} values, one launch",
+    row("verify", f"Llama-3-8B-shaped BF16 block, N(0,0.02): 9 tensors, {values:,} values, "
+        f"one launch per table memory ({', '.join(TABLE_MEMORIES)})",
         "bit-exact" if not bad and ref_ok else f"MISMATCH: {bad} ref_ok={ref_ok}",
         f"coded on device: {dec.nbytes / orig:.3f} of BF16 ({dec.nbytes / 1e6:.0f} MB)")
 
@@ -336,31 +353,33 @@ def decode_throughput():
         copy_ms = bench_ms(lambda: dst.copy_(src))
         best = None
         notes = []
-        for groups, warps in CONFIGS:
+        for config in CONFIGS:
+            groups, warps, memory = config
             dec = td.DeviceBlockDecoder([CODED[n] for n in names], groups_per_program=groups,
-                                        num_warps=warps)
+                                        num_warps=warps, table_memory=memory)
             out = dec.new_output()
             dec.decode(out)
             dec.check()
             ms = bench_ms(lambda: dec.decode(out))
             dec.check()
-            notes.append(f"g{groups}w{warps} {out_bytes / ms / 1e6:,.0f}")
+            notes.append(f"{config_name(*config)} {out_bytes / ms / 1e6:,.0f}")
             if best is None or ms < best[0]:
-                best = (ms, groups, warps)
-        ms, groups, warps = best
+                best = (ms, config)
+        ms, config = best
         lanes = sum(e.geometry.lanes for e in encs if e.codec == CODEC_TANS)
         row("decode", f"{label}: {lanes:,} lanes",
             f"{fmt_gbs(out_bytes, ms)} ({ms * 1e3:,.0f} us)",
             f"copy of the same {out_bytes / 1e6:,.0f} MB: {fmt_gbs(out_bytes, copy_ms)} "
-            f"({ms and copy_ms / ms:.0%} of it); best g{groups}w{warps}; all GB/s: {', '.join(notes)}")
+            f"({ms and copy_ms / ms:.0%} of it); best {config_name(*config)}; "
+            f"all GB/s: {', '.join(notes)}")
         BEST_BY_LABEL[label.split(" ")[0] if not label.startswith("whole") else "whole block"] = \
-            (groups, warps)
+            config
         if label.startswith("whole"):
-            BEST_CONFIG[:] = [groups, warps]
+            BEST_CONFIG[:] = config
 
 
-BEST_CONFIG = [4, 4]
-BEST_BY_LABEL: dict[str, tuple[int, int]] = {}
+BEST_CONFIG = [4, 4, td.DEFAULT_TABLE_MEMORY]
+BEST_BY_LABEL: dict[str, tuple[int, int, str]] = {}
 
 
 @stage("decode", 280)
@@ -382,9 +401,11 @@ def decode_short_lanes():
                                                  backend=ENCODER, workers=WORKERS,
                                                  lane_symbols=alt)
             encs.append(dataclasses.replace(recoded[e.count], shape=e.shape))
-        groups, warps = BEST_BY_LABEL.get(label, tuple(BEST_CONFIG))
+        config = BEST_BY_LABEL.get(label, tuple(BEST_CONFIG))
+        groups, warps, memory = config
         dec = td.DeviceBlockDecoder.from_encoded(encs, DEVICE, names=names,
-                                                 groups_per_program=groups, num_warps=warps)
+                                                 groups_per_program=groups, num_warps=warps,
+                                                 table_memory=memory)
         out = dec.new_output()
         outs = dec.decode(out)
         dec.check()
@@ -398,7 +419,7 @@ def decode_short_lanes():
         row("decode", f"{label} with lane_symbols={alt}: {lanes:,} lanes",
             f"{fmt_gbs(out_bytes, ms)} ({ms * 1e3:,.0f} us)",
             f"{'bit-exact' if exact else 'MISMATCH'}; coded size {alt_bytes / out_bytes:.4f} of BF16 "
-            f"vs {default_bytes / out_bytes:.4f} at the default; g{groups}w{warps}")
+            f"vs {default_bytes / out_bytes:.4f} at the default; {config_name(*config)}")
 
 
 # -- stage 3: latency ------------------------------------------------------------------
@@ -445,9 +466,10 @@ def token_latency():
         plain.append(w)
     # Compressed model: one coded block per layer (the same coded data,
     # copied per layer so that each layer reads its own bytes).
-    groups, warps = BEST_CONFIG
+    groups, warps, memory = BEST_CONFIG
     decoders = [td.DeviceBlockDecoder([CODED[n] for n in names], groups_per_program=groups,
-                                      num_warps=warps) for _ in range(layers)]
+                                      num_warps=warps, table_memory=memory)
+                for _ in range(layers)]
     shared_out = decoders[0].new_output()
     plain_bytes = sum(t.numel() * 2 for t in plain[0].values())
     log(f"latency: {layers} layers, BF16 {plain_bytes * layers / 1e9:.1f} GB, "
@@ -508,7 +530,7 @@ def token_latency():
             "; ".join(notes))
     dec_ms = bench_ms(lambda: decoders[0].decode(shared_out))
     row("latency", "decode of one block alone (in the model's buffer)", f"{dec_ms * 1e3:,.0f} us",
-        f"x32 = {dec_ms * 32:.2f} ms/token spent decoding")
+        f"x32 = {dec_ms * 32:.2f} ms/token spent decoding; {config_name(*BEST_CONFIG)}")
 
 
 # -- main ------------------------------------------------------------------------

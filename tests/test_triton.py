@@ -11,7 +11,7 @@ rejects still fails here.
 from __future__ import annotations
 
 import os
-import shutil
+import re
 import subprocess
 
 import numpy as np
@@ -411,42 +411,87 @@ def test_descriptor_columns_match_the_kernel():
 SIGNATURES = {
     "decode": {"desc_ptr": "*i64", "table_ptr": "*i32", "lane_ptr": "*i64",
                "payload_ptr": "*i32", "raw_ptr": "*i32", "out_ptr": "*u8", "err_ptr": "*i32",
-               "DESC_FIELDS": "constexpr", "GROUPS": "constexpr"},
+               "DESC_FIELDS": "constexpr", "GROUPS": "constexpr", "SHARED_TABLE": "constexpr",
+               "TABLE_SLOTS": "constexpr"},
 }
 
 
-def compile_for(kernel_name, capability, groups, num_warps):
+def compile_for(kernel_name, capability, groups, num_warps, table_memory="global"):
+    """The kernel built as ``DeviceBlockDecoder`` would launch it."""
     from triton.backends.compiler import GPUTarget
     from triton.runtime.jit import JITFunction
-    fn = JITFunction(td.KERNELS[kernel_name])
-    src = triton.compiler.ASTSource(
-        fn=fn, signature=SIGNATURES[kernel_name],
-        constexprs={"DESC_FIELDS": td.DESC_FIELDS, "GROUPS": groups})
+    constexprs = {"DESC_FIELDS": td.DESC_FIELDS, "GROUPS": groups,
+                  "SHARED_TABLE": table_memory == "shared", "TABLE_SLOTS": 1 << 12}
+    if table_memory == "shared":
+        from triton.experimental import gluon
+        from triton.experimental.gluon._runtime import GluonASTSource
+        src = GluonASTSource(fn=gluon.jit(td.KERNELS[kernel_name]),
+                             signature=SIGNATURES[kernel_name], constexprs=constexprs)
+    else:
+        src = triton.compiler.ASTSource(fn=JITFunction(td.KERNELS[kernel_name]),
+                                        signature=SIGNATURES[kernel_name], constexprs=constexprs)
     return triton.compile(src, target=GPUTarget("cuda", capability, 32),
                           options={"num_warps": num_warps})
 
 
+def table_memories():
+    return [m for m in td.TABLE_MEMORIES if m == "global" or td.shared_table_supported()]
+
+
 @pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("table_memory", td.TABLE_MEMORIES)
 @pytest.mark.parametrize("capability", [80, 90])
-def test_compiles_for(capability, tmp_path):
-    """Every kernel builds to machine code for Ampere and Hopper, with no
-    spills to local memory."""
+def test_compiles_for(capability, table_memory, tmp_path):
+    """Every kernel, in both table builds, compiles to machine code for
+    Ampere and Hopper with no spills to local memory; the shared build reads
+    its table from shared memory and waits for it once, outside the loop."""
     if "nvidia" not in triton.backends.backends:
         pytest.skip("this Triton has no NVIDIA back end")
+    if table_memory not in table_memories():
+        pytest.skip("this Triton has no Gluon shared-memory gather")
     assert set(SIGNATURES) == set(td.KERNELS)
-    cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin",
-                             "cuobjdump")
+    bin_dir = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
     for kernel_name in td.KERNELS:
         for groups, num_warps in ((1, 1), (2, 1), (4, 4)):
-            compiled = compile_for(kernel_name, capability, groups, num_warps)
-            cubin = compiled.asm["cubin"]
-            assert len(cubin) > 0 and f"sm_{capability}" in compiled.asm["ptx"]
-            if shutil.which(cuobjdump) or os.path.exists(cuobjdump):
-                path = tmp_path / f"{kernel_name}_{capability}_{groups}.cubin"
-                path.write_bytes(cubin)
-                usage = subprocess.run([cuobjdump, "-res-usage", str(path)],
-                                       capture_output=True, text=True).stdout
-                assert "LOCAL:0" in usage, usage
+            compiled = compile_for(kernel_name, capability, groups, num_warps, table_memory)
+            cubin, ptx = compiled.asm["cubin"], compiled.asm["ptx"]
+            assert len(cubin) > 0 and f"sm_{capability}" in ptx
+            if table_memory == "shared":
+                assert "ld.shared.b32" in ptx
+            path = tmp_path / f"{kernel_name}_{capability}_{groups}.cubin"
+            path.write_bytes(cubin)
+            cuobjdump = os.path.join(bin_dir, "cuobjdump")
+            if not os.path.exists(cuobjdump):
+                continue
+            usage = subprocess.run([cuobjdump, "-res-usage", str(path)],
+                                   capture_output=True, text=True).stdout
+            assert "LOCAL:0" in usage, usage
+            if table_memory == "shared":
+                loops = decode_loops(subprocess.run(
+                    [cuobjdump, "-sass", str(path)], capture_output=True, text=True).stdout)
+                assert len(loops) == 3      # one per output width
+                for loop in loops:
+                    assert any("LDS" in op for op in loop)
+                    assert not any("BAR" in op for op in loop), loop
+
+
+def decode_loops(sass: str) -> list[list[str]]:
+    """The instructions of each decode loop in cuobjdump's SASS listing: the
+    backward branches that enclose a global store (one loop per width)."""
+    ops = []
+    for line in sass.splitlines():
+        m = re.match(r"\s*/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;", line)
+        if m:
+            ops.append((int(m.group(1), 16), m.group(2)))
+    loops = []
+    for i, (at, op) in enumerate(ops):
+        b = re.search(r"BRA (0x[0-9a-f]+)", op)
+        if b and int(b.group(1), 16) < at:
+            start = int(b.group(1), 16)
+            body = [o for a, o in ops[:i + 1] if a >= start]
+            if any("STG" in o for o in body):
+                loops.append(body)
+    return loops
 
 
 def test_lane_ending_in_a_wrong_state_is_flagged(device):

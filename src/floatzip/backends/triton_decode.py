@@ -78,6 +78,12 @@ import numpy as np
 import torch
 import triton.language as tl
 
+try:        # Gluon (Triton >= 3.5 or so): the shared-memory table build
+    from triton.experimental import gluon
+    from triton.experimental.gluon import language as gl
+except ImportError:     # pragma: no cover - older Triton
+    gluon = gl = None
+
 from ..codecs import tans
 from ..codecs.encoded import CODEC_RAW, CODEC_TANS, EncodedTensor
 from ..codecs.layout import LANES, MAX_LANE_SYMBOLS, CodedGeometry
@@ -141,6 +147,8 @@ def _decode_kernel(
     err_ptr,        # int32[1]: incremented by the number of lanes that end wrongly
     DESC_FIELDS: tl.constexpr,  # row length of desc
     GROUPS: tl.constexpr,       # groups of 32 lanes per program (one lane per thread)
+    SHARED_TABLE: tl.constexpr = False,  # Gluon build: the decode table in shared memory
+    TABLE_SLOTS: tl.constexpr = 1,       # shared table size, >= 2**table_log of every tensor
 ):
     # Column numbers are the DESC_* constants (plain globals cannot be read
     # inside a kernel); tests/test_triton.py checks that they agree.
@@ -158,7 +166,13 @@ def _decode_kernel(
     groups = tl.load(row + 10).to(tl.int32)         # DESC_GROUPS
     steps = tl.load(row + 11).to(tl.int32)          # DESC_STEPS
 
-    lane = tl.arange(0, GROUPS * 32)
+    # The two builds differ only where SHARED_TABLE is tested (a constexpr:
+    # the other branch is never traced). Gluon tensors carry an explicit
+    # layout: one lane per thread, lanes in thread order.
+    if SHARED_TABLE:
+        lane = gl.arange(0, GROUPS * 32, layout=gl.BlockedLayout([1], [32], [gl.num_warps()], [0]))
+    else:
+        lane = tl.arange(0, GROUPS * 32)
     group = lane // 32
     lane_ok = group < groups
     # Value index (from the program's first value) of each lane's step-0 symbol.
@@ -170,12 +184,13 @@ def _decode_kernel(
     lane_steps = tl.where(lane_ok & (lane_steps > 0), lane_steps, 0)
     has = lane_steps > 0
 
-    # Payload: each lane holds the aligned words lo, hi at word ``wi`` of its
-    # stream, its bit position ``pos`` (0..31) in lo, and the word after hi,
-    # ``nxt``, loaded in advance. A step reads at most 12 bits, all inside
-    # lo:hi; when pos passes 32 the lane shifts one word down and loads one
-    # new word (masked: a lane that stays puts nothing on the memory bus),
-    # which it first reads a step later.
+    # Payload: each lane holds the aligned words lo, hi at ``wp`` (a pointer
+    # into its stream), its bit position ``pos`` (0..31) in lo, and the word
+    # after hi, ``nxt``, loaded in advance. A step reads at most 12 bits, all
+    # inside lo:hi; when pos passes 32 the lane shifts one word down and
+    # loads one new word (masked: a lane that stays puts nothing on the
+    # memory bus), which it first reads a step later. Bits are taken with a
+    # 64-bit shift of hi:lo, which compiles to one funnel shift.
     start = tl.load(lane_ptr + lane_first + lane, mask=lane_ok, other=0)
     end = tl.load(lane_ptr + lane_first + lane + 1, mask=lane_ok, other=0)
     words = payload_ptr + (start >> 5)
@@ -185,16 +200,16 @@ def _decode_kernel(
     nxt = tl.load(words + 2, mask=has, other=0)
 
     # Initial state: table_log bits, for lanes that hold at least one symbol.
-    s = pos0.to(tl.uint32)
-    window = (lo.to(tl.uint32, bitcast=True) >> s) | ((hi.to(tl.uint32, bitcast=True) << 1) << (31 - s))
+    window = (((hi.to(tl.uint32, bitcast=True).to(tl.uint64) << 32)
+               | lo.to(tl.uint32, bitcast=True).to(tl.uint64)) >> pos0.to(tl.uint64)).to(tl.uint32)
     state = (window & ((1 << table_log) - 1).to(tl.uint32)).to(tl.int32)
     pos = pos0 + tl.where(has, table_log, 0)
     adv = pos >= 32
     pos = pos & 31
     lo = tl.where(adv, hi, lo)
     hi = tl.where(adv, nxt, hi)
-    wi = adv.to(tl.int32)               # words the lane has moved past
-    nxt = tl.load(words + wi + 2, mask=adv, other=nxt)
+    wp = words + adv.to(tl.int32)
+    nxt = tl.load(wp + 2, mask=adv, other=nxt)
 
     # Raw fields: the 32 fields of a group's step fill exactly raw_bits
     # words (the row starts on a word boundary), so a lane's field sits at
@@ -202,64 +217,95 @@ def _decode_kernel(
     raw_row = raw_ptr + ((raw_bit0 + (first + (group * (32 * k)).to(tl.int64)) * raw_bits) >> 5)
     raw_at = (lane % 32) * raw_bits
     raw_lane = raw_row + (raw_at >> 5)
-    rs = (raw_at & 31).to(tl.uint32)
+    rs = (raw_at & 31).to(tl.uint64)
     raw_mask = ((1 << raw_bits) - 1).to(tl.uint32)
     rlo = tl.load(raw_lane, mask=has, other=0)
     rhi = tl.load(raw_lane + 1, mask=has, other=0)
 
+    if SHARED_TABLE:
+        # The program's decode table, copied once into shared memory: a
+        # warp's 32 lookups then cost ~4 bank wavefronts instead of ~28 L1
+        # cache-line wavefronts. Slots past 2**table_log hold 0 and are never
+        # read: every state stays below 2**table_log (_decode_table checks
+        # that each entry's next states do).
+        slot = gl.arange(0, TABLE_SLOTS, layout=gl.BlockedLayout([4], [32], [gl.num_warps()], [0]))
+        shared_table = gl.allocate_shared_memory(
+            tl.int32, [TABLE_SLOTS], gl.SwizzledSharedLayout(1, 1, 1, [0]),
+            tl.load(table + slot, mask=slot < (1 << table_log), other=0))
+        # Wait for the whole table here, once: left to Triton, the barrier
+        # lands before the first read, inside the loop, on every step.
+        gl.barrier()
+
     # One copy of the loop per output width, chosen once per program: the
     # store's type is then fixed inside the loop and costs no branch. A lane
-    # past its last symbol gets entry 0 (0 bits, state 0) from a masked load,
-    # stays where it is, loads and stores nothing.
+    # past its last symbol gets entry 0 (0 bits, state 0), stays where it
+    # is, loads and stores nothing. Table entries are in the device layout
+    # of _device_table: the value with a zero raw field, then nbits, base.
     for w in tl.static_range(3):
         if width == (8 << w):
+            if w == 0:
+                dst = out + rel
+            elif w == 1:
+                dst = out.to(tl.pointer_type(tl.int16)) + rel
+            else:
+                dst = out.to(tl.pointer_type(tl.int32)) + rel
+            left_steps = lane_steps
             for t in range(steps):
-                active = t < lane_steps
-                entry = tl.load(table + state, mask=active, other=0)
+                active = left_steps > 0
+                ahead = left_steps > 1
+                left_steps -= 1
+                if SHARED_TABLE:
+                    entry = tl.where(active, shared_table.gather(state, 0), 0)
+                else:
+                    entry = tl.load(table + state, mask=active, other=0)
                 # This step's raw field, from the words loaded a step ago;
                 # then the next step's words, in flight during this step.
-                field = ((rlo.to(tl.uint32, bitcast=True) >> rs)
-                         | ((rhi.to(tl.uint32, bitcast=True) << 1) << (31 - rs))) & raw_mask
+                field = (((rhi.to(tl.uint32, bitcast=True).to(tl.uint64) << 32)
+                          | rlo.to(tl.uint32, bitcast=True).to(tl.uint64)) >> rs).to(tl.uint32) \
+                    & raw_mask
                 raw_lane += raw_bits
-                ahead = t + 1 < lane_steps
                 rlo = tl.load(raw_lane, mask=ahead, other=0)
                 rhi = tl.load(raw_lane + 1, mask=ahead, other=0)
 
-                s = pos.to(tl.uint32)
-                window = (lo.to(tl.uint32, bitcast=True) >> s) | \
-                    ((hi.to(tl.uint32, bitcast=True) << 1) << (31 - s))
-                nbits = (entry >> 16) & 15
+                window = (((hi.to(tl.uint32, bitcast=True).to(tl.uint64) << 32)
+                           | lo.to(tl.uint32, bitcast=True).to(tl.uint64))
+                          >> pos.to(tl.uint64)).to(tl.uint32)
+                nbits = (entry >> 12) & 15
                 # A finished lane keeps its last state, for the final check.
-                state = tl.where(active, (entry & 0xFFFF)
+                state = tl.where(active, (entry & 0xFFF)
                                  + (window & ((1 << nbits) - 1).to(tl.uint32)).to(tl.int32), state)
                 pos += nbits
                 adv = pos >= 32
                 pos = pos & 31
                 lo = tl.where(adv, hi, lo)
                 hi = tl.where(adv, nxt, hi)
-                wi += adv.to(tl.int32)
-                nxt = tl.load(words + wi + 2, mask=adv, other=nxt)
+                wp += adv.to(tl.int32)
+                nxt = tl.load(wp + 2, mask=adv, other=nxt)
 
-                symbol = ((entry >> 20) & 0xFFF).to(tl.uint32)
-                rotated = (symbol << raw_bits.to(tl.uint32)) | field
-                value = (rotated >> 1) | ((rotated & 1) << ((8 << w) - 1))
-                index = rel + 32 * t
-                if w == 0:
-                    tl.store(out + index, value.to(tl.uint8), mask=active)
-                elif w == 1:
-                    tl.store(out.to(tl.pointer_type(tl.int16)) + index, value.to(tl.int16),
-                             mask=active)
+                # value = rotate_right_1(symbol << raw_bits | field): the
+                # symbol's part comes rotated from the table, the field's
+                # sign bit (its bit 0) goes to the top; the store's
+                # truncation drops the field's other bits shifted past it.
+                if w == 2:
+                    symbol_part = entry.to(tl.uint32, bitcast=True) & 0xFFFF0000
                 else:
-                    tl.store(out.to(tl.pointer_type(tl.int32)) + index,
-                             value.to(tl.int32, bitcast=True), mask=active)
+                    symbol_part = entry.to(tl.uint32, bitcast=True) >> 16
+                value = symbol_part | (field >> 1) | (field << ((8 << w) - 1))
+                if w == 0:
+                    tl.store(dst, value.to(tl.uint8), mask=active)
+                elif w == 1:
+                    tl.store(dst, value.to(tl.int16), mask=active)
+                else:
+                    tl.store(dst, value.to(tl.int32, bitcast=True), mask=active)
+                dst += 32
 
     # A lane must end in its last byte, and the bits after its end (still in
     # lo:hi) must be 0.
-    used = 32 * wi + pos - pos0
+    used = (32 * ((wp.to(tl.int64) - words.to(tl.int64)) >> 2)).to(tl.int32) + pos - pos0
     size_bits = (end - start).to(tl.int32)
     tail = (0 - used) & 7
-    s = pos.to(tl.uint32)
-    window = (lo.to(tl.uint32, bitcast=True) >> s) | ((hi.to(tl.uint32, bitcast=True) << 1) << (31 - s))
+    window = (((hi.to(tl.uint32, bitcast=True).to(tl.uint64) << 32)
+               | lo.to(tl.uint32, bitcast=True).to(tl.uint64)) >> pos.to(tl.uint64)).to(tl.uint32)
     padding = window & ((1 << tail) - 1).to(tl.uint32)
     # And end in state 0, where its encoder started (a lane without symbols
     # read state 0 from its masked loads).
@@ -272,17 +318,40 @@ def _decode_kernel(
 # that TRITON_INTERPRET is read then (tests switch it) and so that
 # tests/test_triton.py can compile the same source for sm_80 / sm_90.
 KERNELS = {"decode": _decode_kernel}
-_launchable: dict[tuple[str, bool], object] = {}
+_launchable: dict[tuple[str, bool, bool], object] = {}
+
+# Where the kernel reads decode tables. "global": through the L1 cache, as a
+# plain Triton kernel (it runs in the interpreter too). "shared": the same
+# source built as a Gluon kernel that first copies the table to shared
+# memory (CUDA only: the interpreter does not run Gluon).
+TABLE_MEMORIES = ("global", "shared")
+DEFAULT_TABLE_MEMORY = "global"
 
 
 def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
 
 
-def _kernel(kernel_name: str):
-    key = (kernel_name, interpreting())
+def shared_table_supported() -> bool:
+    """Whether this Triton can build the shared-table kernel."""
+    return gl is not None and hasattr(gl.shared_memory_descriptor, "gather")
+
+
+def _kernel(kernel_name: str, table_memory: str = DEFAULT_TABLE_MEMORY):
+    shared = table_memory == "shared"
+    key = (kernel_name, interpreting(), shared)
     if key not in _launchable:
-        if key[1]:
+        if shared:
+            if interpreting():
+                raise UnsupportedError(
+                    "the shared-table decoder is a Gluon kernel, which TRITON_INTERPRET=1 "
+                    "cannot run; use table_memory='global' there")
+            if not shared_table_supported():
+                raise UnsupportedError(
+                    "table_memory='shared' needs a Triton with Gluon shared-memory gathers "
+                    "(3.5 or later); use table_memory='global'")
+            _launchable[key] = gluon.jit(KERNELS[kernel_name])
+        elif key[1]:
             from triton.runtime.interpreter import InterpretedFunction
             _launchable[key] = InterpretedFunction(KERNELS[kernel_name])
         else:
@@ -409,9 +478,28 @@ def _decode_table(enc: EncodedTensor, label: str) -> np.ndarray:
     return table
 
 
+def _device_table(table: np.ndarray, g: CodedGeometry) -> np.ndarray:
+    """The decode table in the kernel's layout (int32 per slot): bits 16-31
+    the decoded value with a zero raw field, i.e. rotate_right_1(symbol <<
+    raw_bits) in the value's width (FP32: its top 16 bits; the low 16 are 0
+    because FP32 keeps at least 20 raw bits), bits 12-15 nbits, bits 0-11
+    the next state's base. The kernel ORs in the rotated raw field, so a
+    step spends no instructions placing the symbol."""
+    t = table.astype(np.int64)
+    base = t & tans.ENTRY_BASE_MASK
+    nbits = (t >> tans.ENTRY_NBITS_SHIFT) & 0xF
+    shifted = (t >> tans.ENTRY_SYMBOL_SHIFT) << g.raw_bits
+    value = (shifted >> 1) | ((shifted & 1) << (g.width - 1))
+    if g.width == 32:
+        assert not np.any(value & 0xFFFF), "FP32 symbols lie in the top 16 bits"
+        value >>= 16
+    assert g.table_log <= 12 and not np.any(value >> 16)
+    return ((value << 16) | (nbits << 12) | base).astype(np.uint32).view(np.int32)
+
+
 def _host_parts(enc: EncodedTensor, label: str) -> _Parts:
     g = enc.geometry
-    table = _decode_table(enc, label)
+    table = _device_table(_decode_table(enc, label), g)
     sizes = np.asarray(enc.lane_sizes).astype(np.int64)
     lane_bits = np.concatenate(([0], np.cumsum(sizes))) * 8
     # A corrupt lane can read table_log + 12 * lane_symbols bits past its start
@@ -423,7 +511,7 @@ def _host_parts(enc: EncodedTensor, label: str) -> _Parts:
     slack = (tans.MAX_TABLE_LOG * (g.lane_symbols + 1)) // 32 + 3
     payload = _words(np.asarray(enc.payload, dtype=np.uint8), slack)
     raw = _words(np.asarray(enc.raw, dtype=np.uint8), RAW_SLACK_WORDS)
-    return _Parts(torch.from_numpy(table.view(np.int32).copy()), torch.from_numpy(lane_bits),
+    return _Parts(torch.from_numpy(table.copy()), torch.from_numpy(lane_bits),
                   torch.from_numpy(payload), torch.from_numpy(raw))
 
 
@@ -520,7 +608,7 @@ class DeviceBlockDecoder:
     """Decodes several coded tensors (one transformer block) in one launch."""
 
     def __init__(self, tensors: Sequence[DeviceCodedTensor], *, groups_per_program: int = 4,
-                 num_warps: int = 4, device=None):
+                 num_warps: int = 4, device=None, table_memory: str = DEFAULT_TABLE_MEMORY):
         tensors = list(tensors)
         if not tensors:
             raise DecoderArgumentError("DeviceBlockDecoder needs at least one tensor")
@@ -534,12 +622,13 @@ class DeviceBlockDecoder:
             raise UnsupportedError(f"tensors of one block lie on several devices: {sorted(map(str, devices))}")
         self.device = _device(device if device is not None else tensors[0].device)
         self._build([(t.name, t.dtype, t.shape, t.geometry, t.parts, t.data) for t in tensors],
-                    groups_per_program, num_warps)
+                    groups_per_program, num_warps, table_memory)
 
     @classmethod
     def from_encoded(cls, encoded: Sequence[EncodedTensor], device="cuda", *,
                      names: Sequence[str] | None = None, groups_per_program: int = 4,
-                     num_warps: int = 4) -> DeviceBlockDecoder:
+                     num_warps: int = 4,
+                     table_memory: str = DEFAULT_TABLE_MEMORY) -> DeviceBlockDecoder:
         """Build on the host and upload each concatenated buffer once."""
         encoded = list(encoded)
         names = list(names) if names is not None else [None] * len(encoded)
@@ -558,14 +647,22 @@ class DeviceBlockDecoder:
             else:
                 items.append((nm, enc.dtype, tuple(enc.shape), enc.geometry,
                               _host_parts(enc, f"tensor {nm!r}" if nm else "tensor"), None))
-        self._build(items, groups_per_program, num_warps)
+        self._build(items, groups_per_program, num_warps, table_memory)
         return self
 
-    def _build(self, items, groups_per_program: int, num_warps: int) -> None:
+    def _build(self, items, groups_per_program: int, num_warps: int, table_memory: str) -> None:
         if groups_per_program < 1 or groups_per_program & (groups_per_program - 1):
             raise UnsupportedError(f"groups_per_program must be a power of two, got {groups_per_program}")
+        if table_memory not in TABLE_MEMORIES:
+            raise DecoderArgumentError(f"table_memory must be one of {TABLE_MEMORIES}, "
+                                       f"got {table_memory!r}")
         self.groups_per_program = groups_per_program
         self.num_warps = num_warps
+        self.table_memory = table_memory
+        # Shared-memory table size: the largest table of the block.
+        self.table_slots = max([1 << it[3].table_log for it in items if it[3] is not None],
+                               default=1)
+        _kernel("decode", table_memory)     # a build this machine cannot run fails here
         self.names = [it[0] for it in items]
         self.dtypes = [it[1] for it in items]
         self.shapes = [it[2] for it in items]
@@ -643,10 +740,12 @@ class DeviceBlockDecoder:
     def _launch(self, out: torch.Tensor) -> None:
         if self.programs == 0:
             return
-        kernel = _kernel("decode")
+        kernel = _kernel("decode", self.table_memory)
         kernel[(self.programs,)](
             self.desc, self.table, self.lane_bits, self.payload, self.raw, out, self.errors,
-            DESC_FIELDS=DESC_FIELDS, GROUPS=self.groups_per_program, num_warps=self.num_warps)
+            DESC_FIELDS=DESC_FIELDS, GROUPS=self.groups_per_program,
+            SHARED_TABLE=self.table_memory == "shared", TABLE_SLOTS=self.table_slots,
+            num_warps=self.num_warps)
 
     def decode(self, out: torch.Tensor | None = None) -> list[torch.Tensor]:
         """Decode every tensor with one launch; see the module docstring."""
