@@ -23,6 +23,7 @@ triton = pytest.importorskip("triton")
 from conftest import explicit_args  # noqa: E402
 
 from floatzip.backends import numpy_ref  # noqa: E402
+from floatzip.backends import triton_build  # noqa: E402
 from floatzip.backends import triton_decode as td  # noqa: E402
 from floatzip.codecs import model, tans  # noqa: E402
 from floatzip.codecs.encoded import (  # noqa: E402
@@ -37,6 +38,7 @@ from floatzip.codecs.layout import CodedGeometry  # noqa: E402
 from floatzip.dtypes import FLOAT_LAYOUTS  # noqa: E402
 from floatzip.errors import (  # noqa: E402
     CorruptDataError,
+    DecoderArgumentError,
     FloatzipError,
     FormatError,
     UnsupportedError,
@@ -100,15 +102,24 @@ def device_bytes(t: torch.Tensor) -> np.ndarray:
     return t.detach().contiguous().view(-1).view(torch.uint8).cpu().numpy()
 
 
+def table_memories(device) -> list[str]:
+    """The builds a device runs: the shared-table (Gluon) one on a GPU only."""
+    return [m for m in td.TABLE_MEMORIES
+            if m == "global" or (device == "cuda" and td.shared_table_supported())]
+
+
 def assert_decodes(enc: EncodedTensor, device, groups_per_program=WIDE):
-    """Device decode == reference decode == the original bytes."""
+    """Device decode == reference decode == the original bytes, with every
+    table memory the device runs."""
     ref = decode_tensor(enc, backend="numpy")
-    dec = td.DeviceBlockDecoder.from_encoded([enc], device, groups_per_program=groups_per_program)
-    (out,) = dec.decode()
-    dec.check()
-    assert out.dtype == td.TORCH_DTYPES[enc.dtype]
-    assert tuple(out.shape) == tuple(enc.shape)
-    np.testing.assert_array_equal(device_bytes(out), ref)
+    for memory in table_memories(device):
+        dec = td.DeviceBlockDecoder.from_encoded([enc], device, table_memory=memory,
+                                                 groups_per_program=groups_per_program)
+        (out,) = dec.decode()
+        dec.check()
+        assert out.dtype == td.TORCH_DTYPES[enc.dtype]
+        assert tuple(out.shape) == tuple(enc.shape)
+        np.testing.assert_array_equal(device_bytes(out), ref, err_msg=memory)
 
 
 # -- bit-exactness ---------------------------------------------------------
@@ -158,6 +169,18 @@ def test_tails(device, count, groups_per_program):
     fewer groups than they could take."""
     rng = np.random.default_rng(count)
     enc = force_tans(weights(rng, count, "BF16"), "BF16", 9, 10, 16)
+    assert_decodes(enc, device, groups_per_program)
+
+
+@pytest.mark.parametrize("groups_per_program, full", [(1, [15, 15, 0]), (2, [15, 0])])
+def test_unmasked_steps_stop_before_any_lane_ends(device, groups_per_program, full):
+    """A program runs its first DESC_FULL steps without masks: only with all
+    its groups, and stopping one step before its shortest lane ends (the raw
+    row it loads ahead must exist). 16-symbol lanes, 2 full groups + 40."""
+    rng = np.random.default_rng(5)
+    enc = force_tans(weights(rng, 32 * 16 * 2 + 40, "BF16"), "BF16", 9, 10, 16)
+    dec = td.DeviceBlockDecoder.from_encoded([enc], device, groups_per_program=groups_per_program)
+    assert dec.desc[:, td.DESC_FULL].tolist() == full
     assert_decodes(enc, device, groups_per_program)
 
 
@@ -247,9 +270,12 @@ def test_backend_interface(device):
 
 # -- corrupt streams -------------------------------------------------------
 
-def test_corrupt_lanes_are_flagged_like_the_reference(device):
+@pytest.mark.parametrize("table_memory", td.TABLE_MEMORIES)
+def test_corrupt_lanes_are_flagged_like_the_reference(device, table_memory):
     """A flipped payload byte is flagged by the kernel exactly when the
     reference rejects it; decoding never reads outside the buffers."""
+    if table_memory not in table_memories(device):
+        pytest.skip("the shared-table build runs on CUDA only")
     rng = np.random.default_rng(9)
     enc = encode(weights(rng, 8192, "BF16"), "BF16", lane_symbols=32)
     g = enc.geometry
@@ -259,7 +285,8 @@ def test_corrupt_lanes_are_flagged_like_the_reference(device):
         payload[at] ^= 1 << int(rng.integers(8))
         corrupt.append(EncodedTensor(enc.dtype, enc.shape, CODEC_TANS, enc.checksum, g,
                                      enc.counts, enc.lane_sizes, payload, enc.raw))
-    dec = td.DeviceBlockDecoder.from_encoded(corrupt, device, groups_per_program=WIDE)
+    dec = td.DeviceBlockDecoder.from_encoded(corrupt, device, groups_per_program=WIDE,
+                                             table_memory=table_memory)
     dec.decode()
     flagged = int(dec.errors.item())
     rejected = 0
@@ -275,7 +302,8 @@ def test_corrupt_lanes_are_flagged_like_the_reference(device):
     dec.check()                   # the count was reset
     # Each corrupt tensor alone: flagged iff the reference rejects it.
     for c in corrupt:
-        one = td.DeviceBlockDecoder.from_encoded([c], device, groups_per_program=WIDE)
+        one = td.DeviceBlockDecoder.from_encoded([c], device, groups_per_program=WIDE,
+                                                 table_memory=table_memory)
         one.decode()
         try:
             numpy_ref.decode(g, c.counts, c.lane_sizes, c.payload, c.raw, np.uint16)
@@ -285,13 +313,15 @@ def test_corrupt_lanes_are_flagged_like_the_reference(device):
         assert (int(one.errors.item()) > 0) == ref_bad
 
 
-def test_worst_lane_stays_inside_the_buffers(device, monkeypatch):
+@pytest.mark.parametrize("groups_per_program", [WIDE, 16])
+def test_worst_lane_stays_inside_the_buffers(device, monkeypatch, groups_per_program):
     """Every address the kernel loads or stores (mask on) lies inside one
     buffer, for the worst lane there is: every state reads table_log = 12
     bits and the last lane starts at the payload's end (size 0, its bytes
     given to the lane before), so it reads its full 12 * (K + 1) bits and
     its look-ahead word from the slack. The interpreter does no bounds
-    checks itself, so its loads and stores are watched."""
+    checks itself, so its loads and stores are watched. With 16 groups a
+    program, the program runs its unmasked steps first."""
     if device != "cpu":
         pytest.skip("watches the interpreter's memory accesses")
     from triton.runtime import interpreter
@@ -308,7 +338,8 @@ def test_worst_lane_stays_inside_the_buffers(device, monkeypatch):
     sizes[-1] = 0
     bad = EncodedTensor(enc.dtype, enc.shape, CODEC_TANS, enc.checksum, enc.geometry,
                         enc.counts, sizes, enc.payload, enc.raw)
-    dec = td.DeviceBlockDecoder.from_encoded([bad], device, groups_per_program=WIDE)
+    dec = td.DeviceBlockDecoder.from_encoded([bad], device, groups_per_program=groups_per_program)
+    assert (dec.desc[:, td.DESC_FULL] > 0).any() == (groups_per_program == 16)
     out = dec.new_output()
     buffers = [dec.desc, dec.table, dec.lane_bits, dec.payload, dec.raw, out, dec.errors]
     spans = [(b.data_ptr(), b.data_ptr() + b.numel() * b.element_size()) for b in buffers]
@@ -347,6 +378,19 @@ def test_cpu_needs_the_interpreter(monkeypatch):
         td.DeviceCodedTensor(enc, "cpu")
     with pytest.raises(UnsupportedError):
         td.DeviceBlockDecoder.from_encoded([enc], "meta")
+
+
+def test_shared_table_needs_a_gpu(monkeypatch):
+    """The Gluon build cannot run in the interpreter: a clear error at
+    construction, not at the first decode; an unknown memory is refused."""
+    if torch.cuda.is_available():
+        pytest.skip("a GPU runs the shared-table build")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    enc = encode(weights(np.random.default_rng(12), 100, "BF16"), "BF16")
+    with pytest.raises(UnsupportedError, match="TRITON_INTERPRET"):
+        td.DeviceBlockDecoder.from_encoded([enc], "cpu", table_memory="shared")
+    with pytest.raises(DecoderArgumentError, match="table_memory"):
+        td.DeviceBlockDecoder.from_encoded([enc], "cpu", table_memory="texture")
 
 
 def test_bad_inputs_raise_floatzip_errors(device):
@@ -400,7 +444,7 @@ def test_descriptor_columns_match_the_kernel():
     import re
     source = inspect.getsource(td._decode_kernel)
     reads = re.findall(r"tl\.load\(row \+ (\d+)\).*# (DESC_\w+)", source)
-    assert len(reads) == 12
+    assert len(reads) == 13
     for column, name in reads:
         assert getattr(td, name) == int(column), name
     assert max(int(c) for c, _ in reads) < td.DESC_FIELDS
@@ -408,90 +452,34 @@ def test_descriptor_columns_match_the_kernel():
 
 # -- the real compiler, without a GPU --------------------------------------
 
-SIGNATURES = {
-    "decode": {"desc_ptr": "*i64", "table_ptr": "*i32", "lane_ptr": "*i64",
-               "payload_ptr": "*i32", "raw_ptr": "*i32", "out_ptr": "*u8", "err_ptr": "*i32",
-               "DESC_FIELDS": "constexpr", "GROUPS": "constexpr", "SHARED_TABLE": "constexpr",
-               "TABLE_SLOTS": "constexpr"},
-}
-
-
-def compile_for(kernel_name, capability, groups, num_warps, table_memory="global"):
-    """The kernel built as ``DeviceBlockDecoder`` would launch it."""
-    from triton.backends.compiler import GPUTarget
-    from triton.runtime.jit import JITFunction
-    constexprs = {"DESC_FIELDS": td.DESC_FIELDS, "GROUPS": groups,
-                  "SHARED_TABLE": table_memory == "shared", "TABLE_SLOTS": 1 << 12}
-    if table_memory == "shared":
-        from triton.experimental import gluon
-        from triton.experimental.gluon._runtime import GluonASTSource
-        src = GluonASTSource(fn=gluon.jit(td.KERNELS[kernel_name]),
-                             signature=SIGNATURES[kernel_name], constexprs=constexprs)
-    else:
-        src = triton.compiler.ASTSource(fn=JITFunction(td.KERNELS[kernel_name]),
-                                        signature=SIGNATURES[kernel_name], constexprs=constexprs)
-    return triton.compile(src, target=GPUTarget("cuda", capability, 32),
-                          options={"num_warps": num_warps})
-
-
-def table_memories():
-    return [m for m in td.TABLE_MEMORIES if m == "global" or td.shared_table_supported()]
-
-
 @pytest.mark.filterwarnings("ignore::UserWarning")
 @pytest.mark.parametrize("table_memory", td.TABLE_MEMORIES)
 @pytest.mark.parametrize("capability", [80, 90])
-def test_compiles_for(capability, table_memory, tmp_path):
-    """Every kernel, in both table builds, compiles to machine code for
-    Ampere and Hopper with no spills to local memory; the shared build reads
-    its table from shared memory and waits for it once, outside the loop."""
+def test_compiles_for(capability, table_memory):
+    """The kernel, in both table builds, compiles to machine code for Ampere
+    and Hopper with no spills to local memory; the shared build reads its
+    table from shared memory and waits for it once, outside the loops."""
     if "nvidia" not in triton.backends.backends:
         pytest.skip("this Triton has no NVIDIA back end")
-    if table_memory not in table_memories():
+    if table_memory == "shared" and not td.shared_table_supported():
         pytest.skip("this Triton has no Gluon shared-memory gather")
-    assert set(SIGNATURES) == set(td.KERNELS)
-    bin_dir = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
-    for kernel_name in td.KERNELS:
-        for groups, num_warps in ((1, 1), (2, 1), (4, 4)):
-            compiled = compile_for(kernel_name, capability, groups, num_warps, table_memory)
-            cubin, ptx = compiled.asm["cubin"], compiled.asm["ptx"]
-            assert len(cubin) > 0 and f"sm_{capability}" in ptx
-            if table_memory == "shared":
-                assert "ld.shared.b32" in ptx
-            path = tmp_path / f"{kernel_name}_{capability}_{groups}.cubin"
-            path.write_bytes(cubin)
-            cuobjdump = os.path.join(bin_dir, "cuobjdump")
-            if not os.path.exists(cuobjdump):
-                continue
-            usage = subprocess.run([cuobjdump, "-res-usage", str(path)],
-                                   capture_output=True, text=True).stdout
-            assert "LOCAL:0" in usage, usage
-            if table_memory == "shared":
-                loops = decode_loops(subprocess.run(
-                    [cuobjdump, "-sass", str(path)], capture_output=True, text=True).stdout)
-                assert len(loops) == 3      # one per output width
-                for loop in loops:
-                    assert any("LDS" in op for op in loop)
-                    assert not any("BAR" in op for op in loop), loop
-
-
-def decode_loops(sass: str) -> list[list[str]]:
-    """The instructions of each decode loop in cuobjdump's SASS listing: the
-    backward branches that enclose a global store (one loop per width)."""
-    ops = []
-    for line in sass.splitlines():
-        m = re.match(r"\s*/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;", line)
-        if m:
-            ops.append((int(m.group(1), 16), m.group(2)))
-    loops = []
-    for i, (at, op) in enumerate(ops):
-        b = re.search(r"BRA (0x[0-9a-f]+)", op)
-        if b and int(b.group(1), 16) < at:
-            start = int(b.group(1), 16)
-            body = [o for a, o in ops[:i + 1] if a >= start]
-            if any("STG" in o for o in body):
-                loops.append(body)
-    return loops
+    assert set(td.KERNELS) == {"decode"}
+    for groups, num_warps in ((1, 1), (2, 1), (4, 4)):
+        compiled = triton_build.compile_decoder(capability, groups, num_warps, table_memory)
+        cubin, ptx = compiled.asm["cubin"], compiled.asm["ptx"]
+        assert len(cubin) > 0 and f"sm_{capability}" in ptx
+        if table_memory == "shared":
+            assert "ld.shared.b32" in ptx
+        if triton_build.cuda_tool("cuobjdump") is None:
+            continue
+        assert "LOCAL:0" in triton_build.resource_usage(cubin)
+        loops = triton_build.decode_loops(triton_build.sass(cubin))
+        assert len(loops) == 6          # per output width: unmasked, masked
+        for loop in loops:
+            # One shared-memory table read per symbol stored.
+            table_reads = sum("LDS" in op for op in loop)
+            assert table_reads == (table_memory == "shared") * sum("STG" in op for op in loop)
+            assert not any("BAR" in op for op in loop), loop
 
 
 def test_lane_ending_in_a_wrong_state_is_flagged(device):
@@ -500,7 +488,8 @@ def test_lane_ending_in_a_wrong_state_is_flagged(device):
     path = os.path.join(os.path.dirname(__file__), "fixtures", "v1", "must_fail",
                         "lane-final-state.fz.safetensors")
     enc = FloatzipFile(path).encoded("x")
-    dec = td.DeviceBlockDecoder.from_encoded([enc], device)
-    dec.decode()
-    with pytest.raises(CorruptDataError, match="lane"):
-        dec.check()
+    for memory in table_memories(device):
+        dec = td.DeviceBlockDecoder.from_encoded([enc], device, table_memory=memory)
+        dec.decode()
+        with pytest.raises(CorruptDataError, match="lane"):
+            dec.check()

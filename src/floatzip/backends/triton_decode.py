@@ -9,15 +9,21 @@ Host API
 --------
 ``DeviceCodedTensor(enc, device, name=None)``
     One EncodedTensor moved to a device, still compressed: its decode table
-    (int32[2**table_log], entries as in codecs/tans.py), the start bit of each
+    (int32[2**table_log], in the device layout of ``_device_table``: the
+    decoded value with a zero raw field, nbits, next-state base), the start bit of each
     lane (int64[lanes + 1], the last entry is the payload's end), the payload
     and the packed raw fields as int32 words with zero slack after them.
     A ``raw``-codec tensor is a device copy of its bytes.
     ``.decode(out=None) -> torch.Tensor`` decodes it (one launch).
 
-``DeviceBlockDecoder(tensors, *, groups_per_program=4, num_warps=4)``
+``DeviceBlockDecoder(tensors, *, groups_per_program=4, num_warps=4, table_memory="global")``
     Concatenates the buffers of several DeviceCodedTensors (one transformer
     block, say) once, and builds one descriptor row per program.
+    ``table_memory`` picks the build of the kernel (TABLE_MEMORIES): "global"
+    reads decode tables through L1 (Triton; also runs in the interpreter),
+    "shared" first copies each program's table to shared memory (the same
+    source built with Gluon; CUDA only, not yet timed on a GPU, so not the
+    default).
     ``DeviceBlockDecoder.from_encoded(encoded, device, names=None)`` does the
     same from EncodedTensors with a single upload per buffer.
     ``.decode(out=None) -> list[torch.Tensor]`` runs ONE launch for every
@@ -44,8 +50,9 @@ scalar and tensors of any width (8, 16, 32 bits) and geometry share a launch.
 Per step and lane: a gather from the decode table at the current state, a
 funnel shift of ``nbits`` bits out of two payload words the lane holds in
 registers, the raw field out of two raw words loaded during the previous
-step, and a store to ``g*32*K + 32*t + lane`` (consecutive lanes,
-consecutive addresses). A lane loads a payload word only when its position
+step, an OR of the rotated field into the value the table entry carries,
+and a store to ``g*32*K + 32*t + lane`` (consecutive lanes, consecutive
+addresses). A lane loads a payload word only when its position
 passes a word boundary (every ~9 steps at ~3.5 bits a symbol), as a masked
 load that a lane staying put keeps off the memory bus, and it first reads
 that word a step later; per warp-step that is ~4 payload lines instead of
@@ -55,7 +62,10 @@ zero slack after each tensor for what a corrupt lane can still reach
 (PAYLOAD: table_log + 12*lane_symbols bits plus the look-ahead word; raw:
 RAW_SLACK_WORDS). A finished lane gets table entry 0 (0 bits), keeps its
 state and stores nothing. Loops have a trip count fixed per program (no
-per-lane ``while``), one loop per output width, picked once per program.
+per-lane ``while``), one loop per output width, picked once per program,
+in two phases: the first DESC_FULL steps, where every lane of the program
+decodes, run without masks, two steps an iteration; the rest are masked.
+benchmarks/kernel_sass.py counts the SASS instructions of each loop.
 At the end each lane checks, as numpy_ref does, that it ended in its last
 byte with zero padding bits (the bits after its end are still in its
 registers) and in state 0; bad lanes add to ``errors`` (an atomic add only on bad lanes),
@@ -66,7 +76,10 @@ interpreter on CPU torch tensors (device="cpu" is accepted only then). The
 mode is read at launch, not at import, so a test can switch it; the kernel
 uses only Triton builtins (no @triton.jit library functions such as
 ``tl.sum``), because those work in the interpreter only if TRITON_INTERPRET
-was set before triton was first imported.
+was set before triton was first imported. The interpreter does not run
+Gluon: the shared-table build differs from the interpreted one only in the
+lines under ``if SHARED_TABLE`` (explicit layouts, the table copy, the
+gather), and CI checks it by compiling it (tests/test_triton.py).
 """
 from __future__ import annotations
 
@@ -134,6 +147,8 @@ DESC_OUT = 8         # output byte offset of the program's first value
 DESC_WIDTH = 9       # bits per value: 8, 16 or 32
 DESC_GROUPS = 10     # groups this program decodes (<= GROUPS)
 DESC_STEPS = 11      # steps the program runs: min(K, ceil(LEFT / 32)), less than K in a tail
+DESC_FULL = 12       # leading steps in which every lane of the program decodes and has a next
+                     # raw row (run without masks); 0 when the program lacks a group
 DESC_FIELDS = 16     # row length (padded)
 
 
@@ -165,6 +180,7 @@ def _decode_kernel(
     width = tl.load(row + 9).to(tl.int32)           # DESC_WIDTH
     groups = tl.load(row + 10).to(tl.int32)         # DESC_GROUPS
     steps = tl.load(row + 11).to(tl.int32)          # DESC_STEPS
+    full = tl.load(row + 12).to(tl.int32)           # DESC_FULL
 
     # The two builds differ only where SHARED_TABLE is tested (a constexpr:
     # the other branch is never traced). Gluon tensors carry an explicit
@@ -237,10 +253,12 @@ def _decode_kernel(
         gl.barrier()
 
     # One copy of the loop per output width, chosen once per program: the
-    # store's type is then fixed inside the loop and costs no branch. A lane
-    # past its last symbol gets entry 0 (0 bits, state 0), stays where it
-    # is, loads and stores nothing. Table entries are in the device layout
-    # of _device_table: the value with a zero raw field, then nbits, base.
+    # store's type is then fixed inside the loop and costs no branch. Each
+    # runs in two phases: the first ``full`` steps, in which every lane
+    # decodes, without masks; then the rest, where a lane past its last
+    # symbol gets entry 0 (0 bits, state 0), stays where it is, loads and
+    # stores nothing. Table entries are in the device layout of
+    # _device_table: the value with a zero raw field, then nbits, base.
     for w in tl.static_range(3):
         if width == (8 << w):
             if w == 0:
@@ -249,55 +267,77 @@ def _decode_kernel(
                 dst = out.to(tl.pointer_type(tl.int16)) + rel
             else:
                 dst = out.to(tl.pointer_type(tl.int32)) + rel
-            left_steps = lane_steps
-            for t in range(steps):
-                active = left_steps > 0
-                ahead = left_steps > 1
-                left_steps -= 1
-                if SHARED_TABLE:
-                    entry = tl.where(active, shared_table.gather(state, 0), 0)
-                else:
-                    entry = tl.load(table + state, mask=active, other=0)
-                # This step's raw field, from the words loaded a step ago;
-                # then the next step's words, in flight during this step.
-                field = (((rhi.to(tl.uint32, bitcast=True).to(tl.uint64) << 32)
-                          | rlo.to(tl.uint32, bitcast=True).to(tl.uint64)) >> rs).to(tl.uint32) \
-                    & raw_mask
-                raw_lane += raw_bits
-                rlo = tl.load(raw_lane, mask=ahead, other=0)
-                rhi = tl.load(raw_lane + 1, mask=ahead, other=0)
+            # The unmasked phase runs two steps per iteration, whose stores
+            # share one address register (an immediate offset apart).
+            paired = full & ~1
+            left_steps = lane_steps - paired
+            for masked in tl.static_range(2):
+                for t in range(paired if masked else 0, steps if masked else paired,
+                               1 if masked else 2):
+                    for u in tl.static_range(1 if masked else 2):
+                        if masked:
+                            active = left_steps > 0
+                            ahead = left_steps > 1
+                            left_steps -= 1
+                            if SHARED_TABLE:
+                                entry = tl.where(active, shared_table.gather(state, 0), 0)
+                            else:
+                                entry = tl.load(table + state, mask=active, other=0)
+                        elif SHARED_TABLE:
+                            entry = shared_table.gather(state, 0)
+                        else:
+                            entry = tl.load(table + state)
+                        # This step's raw field, from the words loaded a step
+                        # ago; then the next step's words, in flight meanwhile.
+                        field = (((rhi.to(tl.uint32, bitcast=True).to(tl.uint64) << 32)
+                                  | rlo.to(tl.uint32, bitcast=True).to(tl.uint64)) >> rs
+                                 ).to(tl.uint32) & raw_mask
+                        raw_lane += raw_bits
+                        if masked:
+                            rlo = tl.load(raw_lane, mask=ahead, other=0)
+                            rhi = tl.load(raw_lane + 1, mask=ahead, other=0)
+                        else:
+                            rlo = tl.load(raw_lane)
+                            rhi = tl.load(raw_lane + 1)
 
-                window = (((hi.to(tl.uint32, bitcast=True).to(tl.uint64) << 32)
-                           | lo.to(tl.uint32, bitcast=True).to(tl.uint64))
-                          >> pos.to(tl.uint64)).to(tl.uint32)
-                nbits = (entry >> 12) & 15
-                # A finished lane keeps its last state, for the final check.
-                state = tl.where(active, (entry & 0xFFF)
-                                 + (window & ((1 << nbits) - 1).to(tl.uint32)).to(tl.int32), state)
-                pos += nbits
-                adv = pos >= 32
-                pos = pos & 31
-                lo = tl.where(adv, hi, lo)
-                hi = tl.where(adv, nxt, hi)
-                wp += adv.to(tl.int32)
-                nxt = tl.load(wp + 2, mask=adv, other=nxt)
+                        window = (((hi.to(tl.uint32, bitcast=True).to(tl.uint64) << 32)
+                                   | lo.to(tl.uint32, bitcast=True).to(tl.uint64))
+                                  >> pos.to(tl.uint64)).to(tl.uint32)
+                        nbits = (entry >> 12) & 15
+                        next_state = (entry & 0xFFF) \
+                            + (window & ((1 << nbits) - 1).to(tl.uint32)).to(tl.int32)
+                        # A finished lane keeps its last state, for the final check.
+                        state = tl.where(active, next_state, state) if masked else next_state
+                        pos += nbits
+                        adv = pos >= 32
+                        pos = pos & 31
+                        lo = tl.where(adv, hi, lo)
+                        hi = tl.where(adv, nxt, hi)
+                        wp += adv.to(tl.int32)
+                        nxt = tl.load(wp + 2, mask=adv, other=nxt)
 
-                # value = rotate_right_1(symbol << raw_bits | field): the
-                # symbol's part comes rotated from the table, the field's
-                # sign bit (its bit 0) goes to the top; the store's
-                # truncation drops the field's other bits shifted past it.
-                if w == 2:
-                    symbol_part = entry.to(tl.uint32, bitcast=True) & 0xFFFF0000
-                else:
-                    symbol_part = entry.to(tl.uint32, bitcast=True) >> 16
-                value = symbol_part | (field >> 1) | (field << ((8 << w) - 1))
-                if w == 0:
-                    tl.store(dst, value.to(tl.uint8), mask=active)
-                elif w == 1:
-                    tl.store(dst, value.to(tl.int16), mask=active)
-                else:
-                    tl.store(dst, value.to(tl.int32, bitcast=True), mask=active)
-                dst += 32
+                        # value = rotate_right_1(symbol << raw_bits | field):
+                        # the symbol's part comes rotated from the table, the
+                        # field's sign bit (its bit 0) goes to the top; the
+                        # store's truncation drops the field bits shifted past it.
+                        if w == 2:
+                            symbol_part = entry.to(tl.uint32, bitcast=True) & 0xFFFF0000
+                        else:
+                            symbol_part = entry.to(tl.uint32, bitcast=True) >> 16
+                        value = symbol_part | (field >> 1) | (field << ((8 << w) - 1))
+                        if w == 0:
+                            value = value.to(tl.uint8)
+                        elif w == 1:
+                            value = value.to(tl.int16)
+                        else:
+                            value = value.to(tl.int32, bitcast=True)
+                        if masked:
+                            tl.store(dst, value, mask=active)
+                            dst += 32
+                        else:
+                            tl.store(dst + 32 * u, value)
+                    if not masked:
+                        dst += 64
 
     # A lane must end in its last byte, and the bits after its end (still in
     # lo:hi) must be 0.
@@ -696,6 +736,11 @@ class DeviceBlockDecoder:
                 row[DESC_WIDTH] = g.width
                 row[DESC_GROUPS] = n_groups
                 row[DESC_STEPS] = min(k, -(-row[DESC_LEFT] // LANES))
+                if n_groups == groups_per_program:
+                    # Every lane of the last group holds at least this many
+                    # symbols; one fewer, so each lane's next raw row exists.
+                    last_group = row[DESC_LEFT] - (n_groups - 1) * group_values
+                    row[DESC_FULL] = max(0, last_group // LANES - 1)
                 rows.append(row)
             tables.append(parts.table)
             lanes.append(lane_bits)

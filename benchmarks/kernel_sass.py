@@ -1,0 +1,85 @@
+"""What one decode step of the GPU kernel costs in machine instructions,
+without a GPU: the static half of the decoder's speed.
+
+    python benchmarks/kernel_sass.py [--capability 90] [--out FILE.md]
+
+Builds the decode kernel for sm_<capability> in both table builds (decode
+tables read through L1, or from shared memory) and the kernel shape the
+block decoder uses by default (4 groups of 32 lanes, 4 warps), disassembles
+it with the cuobjdump that ships in Triton's wheel, and counts the SASS
+instructions of each decode loop per decoded value. A warp decodes 32
+values a step, so on an H200 (132 SMs, 4 schedulers each issuing one warp
+instruction a cycle, 1.98 GHz boost) a kernel that did nothing but issue
+these instructions would write at most
+
+    132 * 4 * 1.98e9 * 32 * bytes_per_value / instructions_per_step  B/s.
+
+That ceiling is a model, not a measurement: latency, memory wavefronts
+(the L1-table build spends ~28 on its 32-lane table gather) and occupancy
+keep a real run below it. GPU timings come only from benchmarks/gpu_check.py.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import warnings
+
+warnings.filterwarnings("ignore", category=UserWarning)
+
+from floatzip.backends import triton_build  # noqa: E402
+from floatzip.backends import triton_decode as td  # noqa: E402
+
+H200_ISSUE_PER_S = 132 * 4 * 1.98e9
+STORE_BYTES = {"STG.E.U8": 1, "STG.E.U16": 2, "STG.E": 4}
+
+
+def store_width(loop: list[str]) -> int:
+    for op in loop:
+        m = re.search(r"(STG\.E(?:\.U8|\.U16)?)\s", op)
+        if m:
+            return STORE_BYTES[m.group(1)]
+    raise ValueError("loop without a global store")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--capability", type=int, default=90)
+    parser.add_argument("--groups", type=int, default=4)
+    parser.add_argument("--warps", type=int, default=4)
+    parser.add_argument("--out", help="also write the table to this file")
+    args = parser.parse_args()
+    if triton_build.cuda_tool("cuobjdump") is None:
+        sys.exit("this Triton wheel ships no cuobjdump")
+
+    lines = [f"Decode kernel, sm_{args.capability}, {args.groups} groups a program, "
+             f"{args.warps} warps (static SASS counts; the ceiling is a model, not a timing)", "",
+             "| table memory | value bytes | loop | SASS instr / value step | "
+             "registers | issue-bound ceiling, H200 |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for memory in td.TABLE_MEMORIES:
+        if memory == "shared" and not td.shared_table_supported():
+            lines.append(f"| {memory} | | | not built: this Triton has no Gluon gather | | |")
+            continue
+        compiled = triton_build.compile_decoder(args.capability, args.groups, args.warps, memory)
+        cubin = compiled.asm["cubin"]
+        usage = triton_build.resource_usage(cubin)
+        regs = re.search(r"REG:(\d+)", usage).group(1)
+        for loop in triton_build.decode_loops(triton_build.sass(cubin)):
+            steps = sum("STG" in op for op in loop)
+            per_step = len(loop) / steps
+            nbytes = store_width(loop)
+            ceiling = H200_ISSUE_PER_S * 32 * nbytes / per_step
+            kind = "unmasked, 2 steps an iteration" if steps == 2 else "masked (tails)"
+            lines.append(f"| {memory} | {nbytes} | {kind} | {per_step:.1f} | {regs} | "
+                         f"{ceiling / 1e12:.2f} TB/s |")
+    table = "\n".join(lines)
+    print(table)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(table + "\n")
+
+
+if __name__ == "__main__":
+    main()
