@@ -71,7 +71,7 @@ def main() -> None:
             per_step = len(loop) / steps
             nbytes = store_width(loop)
             ceiling = H200_ISSUE_PER_S * 32 * nbytes / per_step
-            kind = "unmasked, 2 steps an iteration" if steps == 2 else "masked (tails)"
+            kind = f"unmasked, {steps} steps an iteration" if steps > 1 else "masked (tails)"
             lines.append(f"| {memory} | {nbytes} | {kind} | {per_step:.1f} | {regs} | "
                          f"{ceiling / 1e12:.2f} TB/s |")
     table = "\n".join(lines)

@@ -172,15 +172,17 @@ def test_tails(device, count, groups_per_program):
     assert_decodes(enc, device, groups_per_program)
 
 
-@pytest.mark.parametrize("groups_per_program, full", [(1, [15, 15, 0]), (2, [15, 0])])
-def test_unmasked_steps_stop_before_any_lane_ends(device, groups_per_program, full):
-    """A program runs its first DESC_FULL steps without masks: only with all
-    its groups, and stopping one step before its shortest lane ends (the raw
-    row it loads ahead must exist). 16-symbol lanes, 2 full groups + 40."""
+@pytest.mark.parametrize("groups_per_program, min_steps", [(1, [16, 16, 1]), (2, [16, 0])])
+def test_unmasked_phase(device, groups_per_program, min_steps):
+    """A program runs steps without masks only when it has all its groups,
+    and only while its shortest lane (DESC_MIN_STEPS) still holds the raw
+    row loaded RAW_AHEAD steps ahead: here the first 8 of 16.
+    16-symbol lanes, 2 full groups + 40 values."""
+    assert td.RAW_AHEAD == 8
     rng = np.random.default_rng(5)
     enc = force_tans(weights(rng, 32 * 16 * 2 + 40, "BF16"), "BF16", 9, 10, 16)
     dec = td.DeviceBlockDecoder.from_encoded([enc], device, groups_per_program=groups_per_program)
-    assert dec.desc[:, td.DESC_FULL].tolist() == full
+    assert dec.desc[:, td.DESC_MIN_STEPS].tolist() == min_steps
     assert_decodes(enc, device, groups_per_program)
 
 
@@ -313,21 +315,21 @@ def test_corrupt_lanes_are_flagged_like_the_reference(device, table_memory):
         assert (int(one.errors.item()) > 0) == ref_bad
 
 
-@pytest.mark.parametrize("groups_per_program", [WIDE, 16])
+@pytest.mark.parametrize("groups_per_program", [WIDE, 8])
 def test_worst_lane_stays_inside_the_buffers(device, monkeypatch, groups_per_program):
     """Every address the kernel loads or stores (mask on) lies inside one
     buffer, for the worst lane there is: every state reads table_log = 12
     bits and the last lane starts at the payload's end (size 0, its bytes
     given to the lane before), so it reads its full 12 * (K + 1) bits and
     its look-ahead word from the slack. The interpreter does no bounds
-    checks itself, so its loads and stores are watched. With 16 groups a
-    program, the program runs its unmasked steps first."""
+    checks itself, so its loads and stores are watched. With 8 groups a
+    program, the program runs unmasked steps first."""
     if device != "cpu":
         pytest.skip("watches the interpreter's memory accesses")
     from triton.runtime import interpreter
     rng = np.random.default_rng(13)
-    k = 8
-    symbols = np.arange(4096, dtype=np.uint32)         # 16 full groups of 32 lanes
+    k = 16
+    symbols = np.arange(4096, dtype=np.uint32)         # 8 full groups of 32 lanes
     rng.shuffle(symbols)
     rotated = (symbols << np.uint32(20)) | rng.integers(0, 1 << 20, symbols.size, dtype=np.uint32)
     bits = (rotated >> np.uint32(1)) | ((rotated & np.uint32(1)) << np.uint32(31))
@@ -339,7 +341,8 @@ def test_worst_lane_stays_inside_the_buffers(device, monkeypatch, groups_per_pro
     bad = EncodedTensor(enc.dtype, enc.shape, CODEC_TANS, enc.checksum, enc.geometry,
                         enc.counts, sizes, enc.payload, enc.raw)
     dec = td.DeviceBlockDecoder.from_encoded([bad], device, groups_per_program=groups_per_program)
-    assert (dec.desc[:, td.DESC_FULL] > 0).any() == (groups_per_program == 16)
+    unmasked = dec.desc[:, td.DESC_MIN_STEPS] >= 2 * td.RAW_AHEAD
+    assert unmasked.any() == (groups_per_program == 8)
     out = dec.new_output()
     buffers = [dec.desc, dec.table, dec.lane_bits, dec.payload, dec.raw, out, dec.errors]
     spans = [(b.data_ptr(), b.data_ptr() + b.numel() * b.element_size()) for b in buffers]

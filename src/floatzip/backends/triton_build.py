@@ -31,7 +31,7 @@ SIGNATURE = {
     "desc_ptr": "*i64", "table_ptr": "*i32", "lane_ptr": "*i64", "payload_ptr": "*i32",
     "raw_ptr": "*i32", "out_ptr": "*u8", "err_ptr": "*i32",
     "DESC_FIELDS": "constexpr", "GROUPS": "constexpr", "SHARED_TABLE": "constexpr",
-    "TABLE_SLOTS": "constexpr",
+    "TABLE_SLOTS": "constexpr", "RAW_AHEAD": "constexpr",
 }
 
 
@@ -42,7 +42,8 @@ def compile_decoder(capability: int, groups: int, num_warps: int,
     from triton.backends.compiler import GPUTarget
 
     constexprs = {"DESC_FIELDS": td.DESC_FIELDS, "GROUPS": groups,
-                  "SHARED_TABLE": table_memory == "shared", "TABLE_SLOTS": table_slots}
+                  "SHARED_TABLE": table_memory == "shared", "TABLE_SLOTS": table_slots,
+                  "RAW_AHEAD": td.RAW_AHEAD}
     kernel = td.KERNELS["decode"]
     if table_memory == "shared":
         from triton.experimental import gluon

@@ -63,8 +63,13 @@ zero slack after each tensor for what a corrupt lane can still reach
 RAW_SLACK_WORDS). A finished lane gets table entry 0 (0 bits), keeps its
 state and stores nothing. Loops have a trip count fixed per program (no
 per-lane ``while``), one loop per output width, picked once per program,
-in two phases: the first DESC_FULL steps, where every lane of the program
-decodes, run without masks, two steps an iteration; the rest are masked.
+in two phases. While every lane of the program still has RAW_AHEAD symbols
+to go (DESC_MIN_STEPS tells how long), steps run without masks, RAW_AHEAD
+an iteration, each lane loading the raw row it needs RAW_AHEAD steps later
+into a ring of registers: a row is 16-32 bytes, so nearly every step's row
+is a new memory sector, and loaded one step ahead its DRAM latency was paid
+at every step (single matrices decoded at the same ~600 cycles a step
+whatever their size). The rest run masked, a row loaded one step ahead.
 benchmarks/kernel_sass.py counts the SASS instructions of each loop.
 At the end each lane checks, as numpy_ref does, that it ended in its last
 byte with zero padding bits (the bits after its end are still in its
@@ -116,6 +121,8 @@ SLOT_ALIGN = 256
 # Zero words after a tensor's raw fields: the second word of the two-word
 # read of the last field. Rows past a lane's last symbol are not loaded.
 RAW_SLACK_WORDS = 1
+# Raw rows each lane has in flight in the unmasked phase (kernel docstring).
+RAW_AHEAD = 8
 # Largest tensor the kernel indexes with 32-bit value offsets.
 MAX_COUNT = 2**31 - 2**20
 
@@ -147,8 +154,7 @@ DESC_OUT = 8         # output byte offset of the program's first value
 DESC_WIDTH = 9       # bits per value: 8, 16 or 32
 DESC_GROUPS = 10     # groups this program decodes (<= GROUPS)
 DESC_STEPS = 11      # steps the program runs: min(K, ceil(LEFT / 32)), less than K in a tail
-DESC_FULL = 12       # leading steps in which every lane of the program decodes and has a next
-                     # raw row (run without masks); 0 when the program lacks a group
+DESC_MIN_STEPS = 12  # symbols in the program's shortest lane; 0 when it lacks a group
 DESC_FIELDS = 16     # row length (padded)
 
 
@@ -164,6 +170,7 @@ def _decode_kernel(
     GROUPS: tl.constexpr,       # groups of 32 lanes per program (one lane per thread)
     SHARED_TABLE: tl.constexpr = False,  # Gluon build: the decode table in shared memory
     TABLE_SLOTS: tl.constexpr = 1,       # shared table size, >= 2**table_log of every tensor
+    RAW_AHEAD: tl.constexpr = 8,         # raw rows in flight per lane (power of two)
 ):
     # Column numbers are the DESC_* constants (plain globals cannot be read
     # inside a kernel); tests/test_triton.py checks that they agree.
@@ -180,7 +187,7 @@ def _decode_kernel(
     width = tl.load(row + 9).to(tl.int32)           # DESC_WIDTH
     groups = tl.load(row + 10).to(tl.int32)         # DESC_GROUPS
     steps = tl.load(row + 11).to(tl.int32)          # DESC_STEPS
-    full = tl.load(row + 12).to(tl.int32)           # DESC_FULL
+    min_steps = tl.load(row + 12).to(tl.int32)      # DESC_MIN_STEPS
 
     # The two builds differ only where SHARED_TABLE is tested (a constexpr:
     # the other branch is never traced). Gluon tensors carry an explicit
@@ -229,14 +236,24 @@ def _decode_kernel(
 
     # Raw fields: the 32 fields of a group's step fill exactly raw_bits
     # words (the row starts on a word boundary), so a lane's field sits at
-    # the same bit of every row, and row t + 1 is loaded during step t.
+    # the same bit of every row (two words: rows are 16-32 bytes, so nearly
+    # every row is a new memory sector, loaded RAW_AHEAD steps before use).
     raw_row = raw_ptr + ((raw_bit0 + (first + (group * (32 * k)).to(tl.int64)) * raw_bits) >> 5)
     raw_at = (lane % 32) * raw_bits
     raw_lane = raw_row + (raw_at >> 5)
     rs = (raw_at & 31).to(tl.uint64)
     raw_mask = ((1 << raw_bits) - 1).to(tl.uint32)
-    rlo = tl.load(raw_lane, mask=has, other=0)
-    rhi = tl.load(raw_lane + 1, mask=has, other=0)
+
+    # Unmasked steps: whole iterations of RAW_AHEAD steps in which every lane
+    # decodes and the row it loads, RAW_AHEAD steps ahead, exists.
+    unmasked = tl.where(min_steps >= RAW_AHEAD, min_steps - RAW_AHEAD, 0) & ~(RAW_AHEAD - 1)
+    ring_ok = tl.where(unmasked > 0, has, False)
+    ring_lo = ()
+    ring_hi = ()
+    for u in tl.static_range(RAW_AHEAD):
+        ring_lo = ring_lo + (tl.load(raw_lane + u * raw_bits, mask=ring_ok, other=0),)
+        ring_hi = ring_hi + (tl.load(raw_lane + u * raw_bits + 1, mask=ring_ok, other=0),)
+    ahead = raw_lane + RAW_AHEAD * raw_bits
 
     if SHARED_TABLE:
         # The program's decode table, copied once into shared memory: a
@@ -254,11 +271,12 @@ def _decode_kernel(
 
     # One copy of the loop per output width, chosen once per program: the
     # store's type is then fixed inside the loop and costs no branch. Each
-    # runs in two phases: the first ``full`` steps, in which every lane
-    # decodes, without masks; then the rest, where a lane past its last
-    # symbol gets entry 0 (0 bits, state 0), stays where it is, loads and
-    # stores nothing. Table entries are in the device layout of
-    # _device_table: the value with a zero raw field, then nbits, base.
+    # runs in two phases: ``unmasked`` steps without masks, RAW_AHEAD steps
+    # an iteration, raw rows coming from a ring of RAW_AHEAD rows in
+    # registers; then the rest with masks, a row loaded one step ahead, where
+    # a lane past its last symbol gets entry 0 (0 bits, state 0), stays where
+    # it is, loads and stores nothing. Table entries are in the device layout
+    # of _device_table: the value with a zero raw field, then nbits, base.
     for w in tl.static_range(3):
         if width == (8 << w):
             if w == 0:
@@ -267,17 +285,18 @@ def _decode_kernel(
                 dst = out.to(tl.pointer_type(tl.int16)) + rel
             else:
                 dst = out.to(tl.pointer_type(tl.int32)) + rel
-            # The unmasked phase runs two steps per iteration, whose stores
-            # share one address register (an immediate offset apart).
-            paired = full & ~1
-            left_steps = lane_steps - paired
             for masked in tl.static_range(2):
-                for t in range(paired if masked else 0, steps if masked else paired,
-                               1 if masked else 2):
-                    for u in tl.static_range(1 if masked else 2):
+                if masked:
+                    raw_lane = ahead - RAW_AHEAD * raw_bits
+                    left_steps = lane_steps - unmasked
+                    rlo = tl.load(raw_lane, mask=left_steps > 0, other=0)
+                    rhi = tl.load(raw_lane + 1, mask=left_steps > 0, other=0)
+                for t in range(unmasked if masked else 0, steps if masked else unmasked,
+                               1 if masked else RAW_AHEAD):
+                    for u in tl.static_range(1 if masked else RAW_AHEAD):
                         if masked:
                             active = left_steps > 0
-                            ahead = left_steps > 1
+                            next_row = left_steps > 1
                             left_steps -= 1
                             if SHARED_TABLE:
                                 entry = tl.where(active, shared_table.gather(state, 0), 0)
@@ -287,18 +306,22 @@ def _decode_kernel(
                             entry = shared_table.gather(state, 0)
                         else:
                             entry = tl.load(table + state)
-                        # This step's raw field, from the words loaded a step
-                        # ago; then the next step's words, in flight meanwhile.
-                        field = (((rhi.to(tl.uint32, bitcast=True).to(tl.uint64) << 32)
-                                  | rlo.to(tl.uint32, bitcast=True).to(tl.uint64)) >> rs
-                                 ).to(tl.uint32) & raw_mask
-                        raw_lane += raw_bits
+                        # This step's raw field; then the load of a later row.
                         if masked:
-                            rlo = tl.load(raw_lane, mask=ahead, other=0)
-                            rhi = tl.load(raw_lane + 1, mask=ahead, other=0)
+                            lo_word = rlo
+                            hi_word = rhi
+                            raw_lane += raw_bits
+                            rlo = tl.load(raw_lane, mask=next_row, other=0)
+                            rhi = tl.load(raw_lane + 1, mask=next_row, other=0)
                         else:
-                            rlo = tl.load(raw_lane)
-                            rhi = tl.load(raw_lane + 1)
+                            lo_word = ring_lo[0]
+                            hi_word = ring_hi[0]
+                            ring_lo = ring_lo[1:] + (tl.load(ahead),)
+                            ring_hi = ring_hi[1:] + (tl.load(ahead + 1),)
+                            ahead += raw_bits
+                        field = (((hi_word.to(tl.uint32, bitcast=True).to(tl.uint64) << 32)
+                                  | lo_word.to(tl.uint32, bitcast=True).to(tl.uint64)) >> rs
+                                 ).to(tl.uint32) & raw_mask
 
                         window = (((hi.to(tl.uint32, bitcast=True).to(tl.uint64) << 32)
                                    | lo.to(tl.uint32, bitcast=True).to(tl.uint64))
@@ -337,7 +360,7 @@ def _decode_kernel(
                         else:
                             tl.store(dst + 32 * u, value)
                     if not masked:
-                        dst += 64
+                        dst += 32 * RAW_AHEAD
 
     # A lane must end in its last byte, and the bits after its end (still in
     # lo:hi) must be 0.
@@ -737,10 +760,9 @@ class DeviceBlockDecoder:
                 row[DESC_GROUPS] = n_groups
                 row[DESC_STEPS] = min(k, -(-row[DESC_LEFT] // LANES))
                 if n_groups == groups_per_program:
-                    # Every lane of the last group holds at least this many
-                    # symbols; one fewer, so each lane's next raw row exists.
+                    # Lanes of the last group hold the fewest symbols.
                     last_group = row[DESC_LEFT] - (n_groups - 1) * group_values
-                    row[DESC_FULL] = max(0, last_group // LANES - 1)
+                    row[DESC_MIN_STEPS] = last_group // LANES
                 rows.append(row)
             tables.append(parts.table)
             lanes.append(lane_bits)
@@ -790,7 +812,7 @@ class DeviceBlockDecoder:
             self.desc, self.table, self.lane_bits, self.payload, self.raw, out, self.errors,
             DESC_FIELDS=DESC_FIELDS, GROUPS=self.groups_per_program,
             SHARED_TABLE=self.table_memory == "shared", TABLE_SLOTS=self.table_slots,
-            num_warps=self.num_warps)
+            RAW_AHEAD=RAW_AHEAD, num_warps=self.num_warps)
 
     def decode(self, out: torch.Tensor | None = None) -> list[torch.Tensor]:
         """Decode every tensor with one launch; see the module docstring."""
