@@ -11,8 +11,6 @@ rejects still fails here.
 from __future__ import annotations
 
 import os
-import re
-import subprocess
 
 import numpy as np
 import pytest
@@ -467,8 +465,9 @@ def test_compiles_for(capability, table_memory):
     if table_memory == "shared" and not td.shared_table_supported():
         pytest.skip("this Triton has no Gluon shared-memory gather")
     assert set(td.KERNELS) == {"decode"}
-    for groups, num_warps in ((1, 1), (2, 1), (4, 4)):
-        compiled = triton_build.compile_decoder(capability, groups, num_warps, table_memory)
+    for groups, num_warps, slots in ((1, 1, 512), (2, 1, 4096), (4, 4, 4096)):
+        compiled = triton_build.compile_decoder(capability, groups, num_warps, table_memory,
+                                                table_slots=slots)
         cubin, ptx = compiled.asm["cubin"], compiled.asm["ptx"]
         assert len(cubin) > 0 and f"sm_{capability}" in ptx
         if table_memory == "shared":

@@ -169,7 +169,7 @@ def _decode_kernel(
     DESC_FIELDS: tl.constexpr,  # row length of desc
     GROUPS: tl.constexpr,       # groups of 32 lanes per program (one lane per thread)
     SHARED_TABLE: tl.constexpr = False,  # Gluon build: the decode table in shared memory
-    TABLE_SLOTS: tl.constexpr = 1,       # shared table size, >= 2**table_log of every tensor
+    TABLE_SLOTS: tl.constexpr = 512,     # shared table size: >= 512, >= every 2**table_log
     RAW_AHEAD: tl.constexpr = 8,         # raw rows in flight per lane (power of two)
 ):
     # Column numbers are the DESC_* constants (plain globals cannot be read
@@ -261,10 +261,15 @@ def _decode_kernel(
         # cache-line wavefronts. Slots past 2**table_log hold 0 and are never
         # read: every state stays below 2**table_log (_decode_table checks
         # that each entry's next states do).
-        slot = gl.arange(0, TABLE_SLOTS, layout=gl.BlockedLayout([4], [32], [gl.num_warps()], [0]))
-        shared_table = gl.allocate_shared_memory(
-            tl.int32, [TABLE_SLOTS], gl.SwizzledSharedLayout(1, 1, 1, [0]),
-            tl.load(table + slot, mask=slot < (1 << table_log), other=0))
+        # Copied in chunks of 512 slots: the whole table at once would sit in
+        # registers (128 a thread with one warp) and cap the occupancy.
+        shared_table = gl.allocate_shared_memory(tl.int32, [TABLE_SLOTS],
+                                                 gl.SwizzledSharedLayout(1, 1, 1, [0]))
+        chunk = gl.arange(0, 512, layout=gl.BlockedLayout([4], [32], [gl.num_warps()], [0]))
+        for c in tl.static_range(0, TABLE_SLOTS, 512):
+            slot = c + chunk
+            shared_table.slice(c, 512).store(
+                tl.load(table + slot, mask=slot < (1 << table_log), other=0))
         # Wait for the whole table here, once: left to Triton, the barrier
         # lands before the first read, inside the loop, on every step.
         gl.barrier()
@@ -722,9 +727,10 @@ class DeviceBlockDecoder:
         self.groups_per_program = groups_per_program
         self.num_warps = num_warps
         self.table_memory = table_memory
-        # Shared-memory table size: the largest table of the block.
-        self.table_slots = max([1 << it[3].table_log for it in items if it[3] is not None],
-                               default=1)
+        # Shared-memory table size: the largest table of the block, and at
+        # least the 512 slots the kernel copies at a time.
+        self.table_slots = max([1 << it[3].table_log for it in items if it[3] is not None]
+                               + [512])
         _kernel("decode", table_memory)     # a build this machine cannot run fails here
         self.names = [it[0] for it in items]
         self.dtypes = [it[1] for it in items]
