@@ -13,8 +13,8 @@ Stages (each one catches its own errors, prints them and lets the rest run):
              work and is not what this script measures).
   2. decode  decode throughput (output bytes / median time, triton.testing.do_bench,
              which flushes L2 between runs) per matrix and for the whole block in
-             one launch, for a few kernel shapes and both table memories (L1, and
-             shared memory where Triton has Gluon), next to a device-to-device copy
+             one launch, for a few kernel shapes and both table memories (L1 and
+             shared memory), next to a device-to-device copy
              of the same output size (the practical ceiling). A launch has only as
              much parallelism as it has lanes (one thread each, 1024 serial steps by
              default), so small matrices alone cannot fill the GPU; the same tensors
@@ -117,11 +117,9 @@ BLOCK = {
 # (4, 2) give a thread two independent tANS chains at <= 64 registers, so
 # 32 one-warp programs per SM keep 2048 lanes in flight.
 SHAPES = [(64, 4)] if SMOKE else [(1, 1), (2, 1), (2, 2), (4, 2), (4, 4), (8, 4), (16, 4)]
-# Where the kernel reads its decode tables: through L1 (the plain Triton
-# build) and, where this Triton has Gluon's shared-memory gather, from
-# shared memory (the Gluon build of the same source; CUDA only).
-TABLE_MEMORIES = [m for m in td.TABLE_MEMORIES
-                  if m == "global" or (CUDA and td.shared_table_supported())]
+# Where the kernel reads its decode tables: through L1, and from shared
+# memory (inline PTX: CUDA only, so not in a --smoke run).
+TABLE_MEMORIES = [m for m in td.TABLE_MEMORIES if m == "global" or CUDA]
 CONFIGS = [(g, w, m) for m in TABLE_MEMORIES for g, w in SHAPES]
 LANE_SYMBOLS = 64 if SMOKE else None      # None: the encoder's default (1024)
 WORKERS = os.cpu_count() or 1

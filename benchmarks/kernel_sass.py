@@ -59,9 +59,6 @@ def main() -> None:
              "registers | issue-bound ceiling, H200 |",
              "| --- | --- | --- | --- | --- | --- |"]
     for memory in td.TABLE_MEMORIES:
-        if memory == "shared" and not td.shared_table_supported():
-            lines.append(f"| {memory} | | | not built: this Triton has no Gluon gather | | |")
-            continue
         compiled = triton_build.compile_decoder(args.capability, args.groups, args.warps, memory)
         cubin = compiled.asm["cubin"]
         usage = triton_build.resource_usage(cubin)

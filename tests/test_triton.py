@@ -101,9 +101,8 @@ def device_bytes(t: torch.Tensor) -> np.ndarray:
 
 
 def table_memories(device) -> list[str]:
-    """The builds a device runs: the shared-table (Gluon) one on a GPU only."""
-    return [m for m in td.TABLE_MEMORIES
-            if m == "global" or (device == "cuda" and td.shared_table_supported())]
+    """The builds a device runs: the shared-table one (inline PTX) on a GPU only."""
+    return [m for m in td.TABLE_MEMORIES if m == "global" or device == "cuda"]
 
 
 def assert_decodes(enc: EncodedTensor, device, groups_per_program=WIDE):
@@ -382,8 +381,9 @@ def test_cpu_needs_the_interpreter(monkeypatch):
 
 
 def test_shared_table_needs_a_gpu(monkeypatch):
-    """The Gluon build cannot run in the interpreter: a clear error at
-    construction, not at the first decode; an unknown memory is refused."""
+    """The shared-table build (inline PTX) cannot run in the interpreter: a
+    clear error at construction, not at the first decode; an unknown memory
+    is refused."""
     if torch.cuda.is_available():
         pytest.skip("a GPU runs the shared-table build")
     monkeypatch.setenv("TRITON_INTERPRET", "1")
@@ -462,16 +462,13 @@ def test_compiles_for(capability, table_memory):
     table from shared memory and waits for it once, outside the loops."""
     if "nvidia" not in triton.backends.backends:
         pytest.skip("this Triton has no NVIDIA back end")
-    if table_memory == "shared" and not td.shared_table_supported():
-        pytest.skip("this Triton has no Gluon shared-memory gather")
     assert set(td.KERNELS) == {"decode"}
-    for groups, num_warps, slots in ((1, 1, 512), (2, 1, 4096), (4, 4, 4096)):
-        compiled = triton_build.compile_decoder(capability, groups, num_warps, table_memory,
-                                                table_slots=slots)
+    for groups, num_warps in ((1, 1), (2, 1), (4, 4)):
+        compiled = triton_build.compile_decoder(capability, groups, num_warps, table_memory)
         cubin, ptx = compiled.asm["cubin"], compiled.asm["ptx"]
         assert len(cubin) > 0 and f"sm_{capability}" in ptx
         if table_memory == "shared":
-            assert "ld.shared.b32" in ptx
+            assert ptx.count("floatzip_decode_table[16384]") == 1
         if triton_build.cuda_tool("cuobjdump") is None:
             continue
         assert "LOCAL:0" in triton_build.resource_usage(cubin)

@@ -7,9 +7,9 @@ instructions, the static half of a GPU timing.
 
 ``compile_decoder(capability, groups, num_warps, table_memory)``
     The decode kernel exactly as ``DeviceBlockDecoder`` launches it, for
-    ``sm_<capability>``: a Triton build ("global") or a Gluon build
-    ("shared"). Returns Triton's CompiledKernel (``.asm["ptx"]``,
-    ``.asm["cubin"]``).
+    ``sm_<capability>``, with its tables read through L1 ("global") or from
+    shared memory ("shared"). Returns Triton's CompiledKernel
+    (``.asm["ptx"]``, ``.asm["cubin"]``).
 ``cuda_tool(name)``
     Path of cuobjdump / nvdisasm as shipped inside Triton's wheel, or None.
 ``resource_usage(cubin)`` / ``sass(cubin)``
@@ -31,28 +31,19 @@ SIGNATURE = {
     "desc_ptr": "*i64", "table_ptr": "*i32", "lane_ptr": "*i64", "payload_ptr": "*i32",
     "raw_ptr": "*i32", "out_ptr": "*u8", "err_ptr": "*i32",
     "DESC_FIELDS": "constexpr", "GROUPS": "constexpr", "SHARED_TABLE": "constexpr",
-    "TABLE_SLOTS": "constexpr", "RAW_AHEAD": "constexpr",
+    "TABLE_FILL": "constexpr", "RAW_AHEAD": "constexpr",
 }
 
 
 def compile_decoder(capability: int, groups: int, num_warps: int,
-                    table_memory: str = td.DEFAULT_TABLE_MEMORY,
-                    table_slots: int = 1 << 12):
+                    table_memory: str = td.DEFAULT_TABLE_MEMORY):
     import triton
     from triton.backends.compiler import GPUTarget
+    from triton.runtime.jit import JITFunction
 
-    constexprs = {"DESC_FIELDS": td.DESC_FIELDS, "GROUPS": groups,
-                  "SHARED_TABLE": table_memory == "shared", "TABLE_SLOTS": table_slots,
-                  "RAW_AHEAD": td.RAW_AHEAD}
-    kernel = td.KERNELS["decode"]
-    if table_memory == "shared":
-        from triton.experimental import gluon
-        from triton.experimental.gluon._runtime import GluonASTSource
-        src = GluonASTSource(fn=gluon.jit(kernel), signature=SIGNATURE, constexprs=constexprs)
-    else:
-        from triton.runtime.jit import JITFunction
-        src = triton.compiler.ASTSource(fn=JITFunction(kernel), signature=SIGNATURE,
-                                        constexprs=constexprs)
+    src = triton.compiler.ASTSource(
+        fn=JITFunction(td.KERNELS["decode"]), signature=SIGNATURE,
+        constexprs=td.kernel_constants(groups, num_warps, table_memory))
     return triton.compile(src, target=GPUTarget("cuda", capability, 32),
                           options={"num_warps": num_warps})
 

@@ -20,10 +20,9 @@ Host API
     Concatenates the buffers of several DeviceCodedTensors (one transformer
     block, say) once, and builds one descriptor row per program.
     ``table_memory`` picks the build of the kernel (TABLE_MEMORIES): "global"
-    reads decode tables through L1 (Triton; also runs in the interpreter),
-    "shared" first copies each program's table to shared memory (the same
-    source built with Gluon; CUDA only, not yet timed on a GPU, so not the
-    default).
+    reads decode tables through L1 (also runs in the interpreter), "shared"
+    first copies each program's table to shared memory and reads it with
+    inline PTX (CUDA only; not yet run on a GPU, so not the default).
     ``DeviceBlockDecoder.from_encoded(encoded, device, names=None)`` does the
     same from EncodedTensors with a single upload per buffer.
     ``.decode(out=None) -> list[torch.Tensor]`` runs ONE launch for every
@@ -82,9 +81,9 @@ mode is read at launch, not at import, so a test can switch it; the kernel
 uses only Triton builtins (no @triton.jit library functions such as
 ``tl.sum``), because those work in the interpreter only if TRITON_INTERPRET
 was set before triton was first imported. The interpreter does not run
-Gluon: the shared-table build differs from the interpreted one only in the
-lines under ``if SHARED_TABLE`` (explicit layouts, the table copy, the
-gather), and CI checks it by compiling it (tests/test_triton.py).
+inline PTX: the shared-table build differs from the interpreted one only in
+the lines under ``if SHARED_TABLE`` (the table copy and the table reads), and
+CI checks it by compiling it for sm_80 and sm_90 (tests/test_triton.py).
 """
 from __future__ import annotations
 
@@ -96,11 +95,6 @@ import numpy as np
 import torch
 import triton.language as tl
 
-try:        # Gluon (Triton >= 3.5 or so): the shared-memory table build
-    from triton.experimental import gluon
-    from triton.experimental.gluon import language as gl
-except ImportError:     # pragma: no cover - older Triton
-    gluon = gl = None
 
 from ..codecs import tans
 from ..codecs.encoded import CODEC_RAW, CODEC_TANS, EncodedTensor
@@ -123,6 +117,20 @@ SLOT_ALIGN = 256
 RAW_SLACK_WORDS = 1
 # Raw rows each lane has in flight in the unmasked phase (kernel docstring).
 RAW_AHEAD = 8
+
+# PTX of the shared-memory decode table (the "shared" build): one array of
+# the largest table the format allows, declared in the kernel's body, and the
+# word at byte offset $1 stored ($2) or loaded ($0). Triton globals must be
+# constexpr to be read inside a kernel.
+SHARED_TABLE_SLOTS = tl.constexpr(1 << tans.MAX_TABLE_LOG)
+SHARED_TABLE_DECLARE = tl.constexpr(
+    f".shared .align 16 .b8 floatzip_decode_table[{4 << tans.MAX_TABLE_LOG}];\n\tmov.u32 $0, 0;")
+SHARED_TABLE_STORE = tl.constexpr(
+    "{ .reg .u32 %fz_at; mov.u32 %fz_at, floatzip_decode_table; add.u32 %fz_at, %fz_at, $1; "
+    "st.shared.u32 [%fz_at], $2; mov.u32 $0, 0; }")
+SHARED_TABLE_LOAD = tl.constexpr(
+    "{ .reg .u32 %fz_at; mov.u32 %fz_at, floatzip_decode_table; add.u32 %fz_at, %fz_at, $1; "
+    "ld.shared.u32 $0, [%fz_at]; }")
 # Largest tensor the kernel indexes with 32-bit value offsets.
 MAX_COUNT = 2**31 - 2**20
 
@@ -168,8 +176,8 @@ def _decode_kernel(
     err_ptr,        # int32[1]: incremented by the number of lanes that end wrongly
     DESC_FIELDS: tl.constexpr,  # row length of desc
     GROUPS: tl.constexpr,       # groups of 32 lanes per program (one lane per thread)
-    SHARED_TABLE: tl.constexpr = False,  # Gluon build: the decode table in shared memory
-    TABLE_SLOTS: tl.constexpr = 512,     # shared table size: >= 512, >= every 2**table_log
+    SHARED_TABLE: tl.constexpr = False,  # the decode table in shared memory (CUDA only)
+    TABLE_FILL: tl.constexpr = 512,      # shared table slots copied a pass: 4 a thread
     RAW_AHEAD: tl.constexpr = 8,         # raw rows in flight per lane (power of two)
 ):
     # Column numbers are the DESC_* constants (plain globals cannot be read
@@ -189,13 +197,7 @@ def _decode_kernel(
     steps = tl.load(row + 11).to(tl.int32)          # DESC_STEPS
     min_steps = tl.load(row + 12).to(tl.int32)      # DESC_MIN_STEPS
 
-    # The two builds differ only where SHARED_TABLE is tested (a constexpr:
-    # the other branch is never traced). Gluon tensors carry an explicit
-    # layout: one lane per thread, lanes in thread order.
-    if SHARED_TABLE:
-        lane = gl.arange(0, GROUPS * 32, layout=gl.BlockedLayout([1], [32], [gl.num_warps()], [0]))
-    else:
-        lane = tl.arange(0, GROUPS * 32)
+    lane = tl.arange(0, GROUPS * 32)
     group = lane // 32
     lane_ok = group < groups
     # Value index (from the program's first value) of each lane's step-0 symbol.
@@ -258,21 +260,24 @@ def _decode_kernel(
     if SHARED_TABLE:
         # The program's decode table, copied once into shared memory: a
         # warp's 32 lookups then cost ~4 bank wavefronts instead of ~28 L1
-        # cache-line wavefronts. Slots past 2**table_log hold 0 and are never
-        # read: every state stays below 2**table_log (_decode_table checks
-        # that each entry's next states do).
-        # Copied in chunks of 512 slots: the whole table at once would sit in
-        # registers (128 a thread with one warp) and cap the occupancy.
-        shared_table = gl.allocate_shared_memory(tl.int32, [TABLE_SLOTS],
-                                                 gl.SwizzledSharedLayout(1, 1, 1, [0]))
-        chunk = gl.arange(0, 512, layout=gl.BlockedLayout([4], [32], [gl.num_warps()], [0]))
-        for c in tl.static_range(0, TABLE_SLOTS, 512):
-            slot = c + chunk
-            shared_table.slice(c, 512).store(
-                tl.load(table + slot, mask=slot < (1 << table_log), other=0))
-        # Wait for the whole table here, once: left to Triton, the barrier
-        # lands before the first read, inside the loop, on every step.
-        gl.barrier()
+        # cache-line wavefronts. Triton has no shared-memory gather (Gluon
+        # has one in 3.9, not in 3.6), so the table is a PTX array declared
+        # here, once in the kernel's code (an asm with no tensor operand is
+        # emitted once), written and read with st/ld.shared (SHARED_TABLE_*).
+        # Slots past 2**table_log hold 0 and are never read: every state
+        # stays below 2**table_log (_decode_table checks that each entry's
+        # next states do).
+        tl.inline_asm_elementwise(SHARED_TABLE_DECLARE, "=r", [], dtype=tl.int32,
+                                  is_pure=False, pack=1)
+        fill = tl.arange(0, TABLE_FILL)
+        for c in range(0, SHARED_TABLE_SLOTS, TABLE_FILL):
+            slot = c + fill
+            tl.inline_asm_elementwise(
+                SHARED_TABLE_STORE, "=r,r,r",
+                [slot * 4, tl.load(table + slot, mask=slot < (1 << table_log), other=0)],
+                dtype=tl.int32, is_pure=False, pack=1)
+        # Every thread's slots are in before any thread reads.
+        tl.debug_barrier()
 
     # One copy of the loop per output width, chosen once per program: the
     # store's type is then fixed inside the loop and costs no branch. Each
@@ -304,11 +309,15 @@ def _decode_kernel(
                             next_row = left_steps > 1
                             left_steps -= 1
                             if SHARED_TABLE:
-                                entry = tl.where(active, shared_table.gather(state, 0), 0)
+                                entry = tl.where(active, tl.inline_asm_elementwise(
+                                    SHARED_TABLE_LOAD, "=r,r", [state * 4], dtype=tl.int32,
+                                    is_pure=False, pack=1), 0)
                             else:
                                 entry = tl.load(table + state, mask=active, other=0)
                         elif SHARED_TABLE:
-                            entry = shared_table.gather(state, 0)
+                            entry = tl.inline_asm_elementwise(
+                                SHARED_TABLE_LOAD, "=r,r", [state * 4], dtype=tl.int32,
+                                is_pure=False, pack=1)
                         else:
                             entry = tl.load(table + state)
                         # This step's raw field; then the load of a later row.
@@ -386,12 +395,11 @@ def _decode_kernel(
 # that TRITON_INTERPRET is read then (tests switch it) and so that
 # tests/test_triton.py can compile the same source for sm_80 / sm_90.
 KERNELS = {"decode": _decode_kernel}
-_launchable: dict[tuple[str, bool, bool], object] = {}
+_launchable: dict[tuple[str, bool], object] = {}
 
-# Where the kernel reads decode tables. "global": through the L1 cache, as a
-# plain Triton kernel (it runs in the interpreter too). "shared": the same
-# source built as a Gluon kernel that first copies the table to shared
-# memory (CUDA only: the interpreter does not run Gluon).
+# Where the kernel reads decode tables. "global": through the L1 cache (this
+# build also runs in the interpreter). "shared": copied first into shared
+# memory and read with inline PTX, which only a CUDA device runs.
 TABLE_MEMORIES = ("global", "shared")
 DEFAULT_TABLE_MEMORY = "global"
 
@@ -400,32 +408,34 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
 
 
-def shared_table_supported() -> bool:
-    """Whether this Triton can build the shared-table kernel."""
-    return gl is not None and hasattr(gl.shared_memory_descriptor, "gather")
-
-
-def _kernel(kernel_name: str, table_memory: str = DEFAULT_TABLE_MEMORY):
-    shared = table_memory == "shared"
-    key = (kernel_name, interpreting(), shared)
+def _kernel(kernel_name: str):
+    key = (kernel_name, interpreting())
     if key not in _launchable:
-        if shared:
-            if interpreting():
-                raise UnsupportedError(
-                    "the shared-table decoder is a Gluon kernel, which TRITON_INTERPRET=1 "
-                    "cannot run; use table_memory='global' there")
-            if not shared_table_supported():
-                raise UnsupportedError(
-                    "table_memory='shared' needs a Triton with Gluon shared-memory gathers "
-                    "(3.5 or later); use table_memory='global'")
-            _launchable[key] = gluon.jit(KERNELS[kernel_name])
-        elif key[1]:
+        if key[1]:
             from triton.runtime.interpreter import InterpretedFunction
             _launchable[key] = InterpretedFunction(KERNELS[kernel_name])
         else:
             from triton.runtime.jit import JITFunction
             _launchable[key] = JITFunction(KERNELS[kernel_name])
     return _launchable[key]
+
+
+def kernel_constants(groups_per_program: int, num_warps: int, table_memory: str) -> dict:
+    """The decode kernel's constexpr arguments for a launch shape."""
+    return {"DESC_FIELDS": DESC_FIELDS, "GROUPS": groups_per_program,
+            "SHARED_TABLE": table_memory == "shared",
+            "TABLE_FILL": 128 * num_warps,          # 4 slots a thread a pass
+            "RAW_AHEAD": RAW_AHEAD}
+
+
+def _check_table_memory(table_memory: str) -> None:
+    if table_memory not in TABLE_MEMORIES:
+        raise DecoderArgumentError(f"table_memory must be one of {TABLE_MEMORIES}, "
+                                   f"got {table_memory!r}")
+    if table_memory == "shared" and interpreting():
+        raise UnsupportedError(
+            "table_memory='shared' reads its table with inline PTX, which TRITON_INTERPRET=1 "
+            "cannot run; use table_memory='global' there")
 
 
 # -- host side -----------------------------------------------------------------
@@ -721,17 +731,10 @@ class DeviceBlockDecoder:
     def _build(self, items, groups_per_program: int, num_warps: int, table_memory: str) -> None:
         if groups_per_program < 1 or groups_per_program & (groups_per_program - 1):
             raise UnsupportedError(f"groups_per_program must be a power of two, got {groups_per_program}")
-        if table_memory not in TABLE_MEMORIES:
-            raise DecoderArgumentError(f"table_memory must be one of {TABLE_MEMORIES}, "
-                                       f"got {table_memory!r}")
+        _check_table_memory(table_memory)
         self.groups_per_program = groups_per_program
         self.num_warps = num_warps
         self.table_memory = table_memory
-        # Shared-memory table size: the largest table of the block, and at
-        # least the 512 slots the kernel copies at a time.
-        self.table_slots = max([1 << it[3].table_log for it in items if it[3] is not None]
-                               + [512])
-        _kernel("decode", table_memory)     # a build this machine cannot run fails here
         self.names = [it[0] for it in items]
         self.dtypes = [it[1] for it in items]
         self.shapes = [it[2] for it in items]
@@ -813,12 +816,12 @@ class DeviceBlockDecoder:
     def _launch(self, out: torch.Tensor) -> None:
         if self.programs == 0:
             return
-        kernel = _kernel("decode", self.table_memory)
+        _check_table_memory(self.table_memory)
+        kernel = _kernel("decode")
         kernel[(self.programs,)](
             self.desc, self.table, self.lane_bits, self.payload, self.raw, out, self.errors,
-            DESC_FIELDS=DESC_FIELDS, GROUPS=self.groups_per_program,
-            SHARED_TABLE=self.table_memory == "shared", TABLE_SLOTS=self.table_slots,
-            RAW_AHEAD=RAW_AHEAD, num_warps=self.num_warps)
+            **kernel_constants(self.groups_per_program, self.num_warps, self.table_memory),
+            num_warps=self.num_warps)
 
     def decode(self, out: torch.Tensor | None = None) -> list[torch.Tensor]:
         """Decode every tensor with one launch; see the module docstring."""
