@@ -365,11 +365,15 @@ def decode_throughput():
                 best = (ms, config)
         ms, config = best
         lanes = sum(e.geometry.lanes for e in encs if e.codec == CODEC_TANS)
+        # A lane's symbols are decoded one after another: the time of a step
+        # tells latency-bound (about the same for every size) from
+        # throughput-bound runs.
+        steps = max(e.geometry.lane_symbols for e in encs if e.codec == CODEC_TANS)
         row("decode", f"{label}: {lanes:,} lanes",
             f"{fmt_gbs(out_bytes, ms)} ({ms * 1e3:,.0f} us)",
             f"copy of the same {out_bytes / 1e6:,.0f} MB: {fmt_gbs(out_bytes, copy_ms)} "
-            f"({ms and copy_ms / ms:.0%} of it); best {config_name(*config)}; "
-            f"all GB/s: {', '.join(notes)}")
+            f"({ms and copy_ms / ms:.0%} of it); {ms * 1e6 / steps:,.0f} ns a step; "
+            f"best {config_name(*config)}; all GB/s: {', '.join(notes)}")
         BEST_BY_LABEL[label.split(" ")[0] if not label.startswith("whole") else "whole block"] = \
             config
         if label.startswith("whole"):
