@@ -9,8 +9,8 @@ Host API
 --------
 ``DeviceCodedTensor(enc, device, name=None)``
     One EncodedTensor moved to a device, still compressed: its decode table
-    (int32[2**table_log], in the device layout of ``_device_table``: the
-    decoded value with a zero raw field, nbits, next-state base), the start bit of each
+    (int32[2**table_log], in the device layout of ``_device_table``: nbits,
+    the decoded value with a zero raw field, next-state base), the start bit of each
     lane (int64[lanes + 1], the last entry is the payload's end), the payload
     and the packed raw fields as int32 words with zero slack after them.
     A ``raw``-codec tensor is a device copy of its bytes.
@@ -286,7 +286,7 @@ def _decode_kernel(
     # registers; then the rest with masks, a row loaded one step ahead, where
     # a lane past its last symbol gets entry 0 (0 bits, state 0), stays where
     # it is, loads and stores nothing. Table entries are in the device layout
-    # of _device_table: the value with a zero raw field, then nbits, base.
+    # of _device_table: nbits, the value with a zero raw field, base.
     for w in tl.static_range(3):
         if width == (8 << w):
             if w == 0:
@@ -340,7 +340,7 @@ def _decode_kernel(
                         window = (((hi.to(tl.uint32, bitcast=True).to(tl.uint64) << 32)
                                    | lo.to(tl.uint32, bitcast=True).to(tl.uint64))
                                   >> pos.to(tl.uint64)).to(tl.uint32)
-                        nbits = (entry >> 12) & 15
+                        nbits = (entry.to(tl.uint32, bitcast=True) >> 28).to(tl.int32)
                         next_state = (entry & 0xFFF) \
                             + (window & ((1 << nbits) - 1).to(tl.uint32)).to(tl.int32)
                         # A finished lane keeps its last state, for the final check.
@@ -350,7 +350,7 @@ def _decode_kernel(
                         pos = pos & 31
                         lo = tl.where(adv, hi, lo)
                         hi = tl.where(adv, nxt, hi)
-                        wp += adv.to(tl.int32)
+                        wp = tl.where(adv, wp + 1, wp)
                         nxt = tl.load(wp + 2, mask=adv, other=nxt)
 
                         # value = rotate_right_1(symbol << raw_bits | field):
@@ -358,9 +358,9 @@ def _decode_kernel(
                         # field's sign bit (its bit 0) goes to the top; the
                         # store's truncation drops the field bits shifted past it.
                         if w == 2:
-                            symbol_part = entry.to(tl.uint32, bitcast=True) & 0xFFFF0000
+                            symbol_part = (entry.to(tl.uint32, bitcast=True) << 4) & 0xFFFF0000
                         else:
-                            symbol_part = entry.to(tl.uint32, bitcast=True) >> 16
+                            symbol_part = entry.to(tl.uint32, bitcast=True) >> 12
                         value = symbol_part | (field >> 1) | (field << ((8 << w) - 1))
                         if w == 0:
                             value = value.to(tl.uint8)
@@ -557,12 +557,14 @@ def _decode_table(enc: EncodedTensor, label: str) -> np.ndarray:
 
 
 def _device_table(table: np.ndarray, g: CodedGeometry) -> np.ndarray:
-    """The decode table in the kernel's layout (int32 per slot): bits 16-31
-    the decoded value with a zero raw field, i.e. rotate_right_1(symbol <<
-    raw_bits) in the value's width (FP32: its top 16 bits; the low 16 are 0
-    because FP32 keeps at least 20 raw bits), bits 12-15 nbits, bits 0-11
-    the next state's base. The kernel ORs in the rotated raw field, so a
-    step spends no instructions placing the symbol."""
+    """The decode table in the kernel's layout (int32 per slot): bits 28-31
+    nbits, bits 12-27 the decoded value with a zero raw field, i.e.
+    rotate_right_1(symbol << raw_bits) in the value's width (FP32: its top 16
+    bits; the low 16 are 0 because FP32 keeps at least 20 raw bits), bits
+    0-11 the next state's base. The kernel ORs in the rotated raw field, so
+    a step spends no instructions placing the symbol; nbits on top is one
+    shift, and for 8- and 16-bit values ``entry >> 12`` is the value part
+    (the store's truncation drops nbits)."""
     t = table.astype(np.int64)
     base = t & tans.ENTRY_BASE_MASK
     nbits = (t >> tans.ENTRY_NBITS_SHIFT) & 0xF
@@ -572,7 +574,7 @@ def _device_table(table: np.ndarray, g: CodedGeometry) -> np.ndarray:
         assert not np.any(value & 0xFFFF), "FP32 symbols lie in the top 16 bits"
         value >>= 16
     assert g.table_log <= 12 and not np.any(value >> 16)
-    return ((value << 16) | (nbits << 12) | base).astype(np.uint32).view(np.int32)
+    return ((nbits << 28) | (value << 12) | base).astype(np.uint32).view(np.int32)
 
 
 def _host_parts(enc: EncodedTensor, label: str) -> _Parts:
