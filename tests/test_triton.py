@@ -183,6 +183,22 @@ def test_unmasked_phase(device, groups_per_program, min_steps):
     assert_decodes(enc, device, groups_per_program)
 
 
+@pytest.mark.parametrize("raw_ahead", [1, 4, 32])
+def test_raw_ahead(device, raw_ahead):
+    """Any ring depth decodes the same bytes; 64-symbol lanes run unmasked
+    for 63, 56 and 0 of their steps. A depth that is no power of two is
+    refused."""
+    rng = np.random.default_rng(14)
+    enc = force_tans(weights(rng, 32 * 64 * 3 + 100, "BF16"), "BF16", 10, 11, 64)
+    ref = decode_tensor(enc, backend="numpy")
+    dec = td.DeviceBlockDecoder.from_encoded([enc], device, groups_per_program=1,
+                                             raw_ahead=raw_ahead)
+    np.testing.assert_array_equal(device_bytes(dec.decode()[0]), ref)
+    dec.check()
+    with pytest.raises(DecoderArgumentError, match="raw_ahead"):
+        td.DeviceBlockDecoder.from_encoded([enc], device, raw_ahead=3)
+
+
 def test_alphabet_of_one_symbol(device):
     bits = np.full(5000, bf16_bits(np.array([0.5]))[0], dtype=np.uint16)
     bits[::7] ^= 1          # the sign is a raw bit: the symbol stays the same

@@ -5,7 +5,7 @@ prove that every build of the kernel compiles (tests/test_triton.py) and
 benchmarks/kernel_sass.py can count what one decode step costs in SASS
 instructions, the static half of a GPU timing.
 
-``compile_decoder(capability, groups, num_warps, table_memory)``
+``compile_decoder(capability, groups, num_warps, table_memory, raw_ahead)``
     The decode kernel exactly as ``DeviceBlockDecoder`` launches it, for
     ``sm_<capability>``, with its tables read through L1 ("global") or from
     shared memory ("shared"). Returns Triton's CompiledKernel
@@ -36,14 +36,14 @@ SIGNATURE = {
 
 
 def compile_decoder(capability: int, groups: int, num_warps: int,
-                    table_memory: str = td.DEFAULT_TABLE_MEMORY):
+                    table_memory: str = td.DEFAULT_TABLE_MEMORY, raw_ahead: int = td.RAW_AHEAD):
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.runtime.jit import JITFunction
 
     src = triton.compiler.ASTSource(
         fn=JITFunction(td.KERNELS["decode"]), signature=SIGNATURE,
-        constexprs=td.kernel_constants(groups, num_warps, table_memory))
+        constexprs=td.kernel_constants(groups, num_warps, table_memory, raw_ahead))
     return triton.compile(src, target=GPUTarget("cuda", capability, 32),
                           options={"num_warps": num_warps})
 

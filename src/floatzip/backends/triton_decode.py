@@ -16,9 +16,11 @@ Host API
     A ``raw``-codec tensor is a device copy of its bytes.
     ``.decode(out=None) -> torch.Tensor`` decodes it (one launch).
 
-``DeviceBlockDecoder(tensors, *, groups_per_program=4, num_warps=4, table_memory="global")``
+``DeviceBlockDecoder(tensors, *, groups_per_program=4, num_warps=4, table_memory="global",
+raw_ahead=8)``
     Concatenates the buffers of several DeviceCodedTensors (one transformer
     block, say) once, and builds one descriptor row per program.
+    ``raw_ahead`` is how many raw rows each lane keeps in flight (RAW_AHEAD).
     ``table_memory`` picks the build of the kernel (TABLE_MEMORIES): "global"
     reads decode tables through L1 (also runs in the interpreter), "shared"
     first copies each program's table to shared memory and reads it with
@@ -420,12 +422,13 @@ def _kernel(kernel_name: str):
     return _launchable[key]
 
 
-def kernel_constants(groups_per_program: int, num_warps: int, table_memory: str) -> dict:
+def kernel_constants(groups_per_program: int, num_warps: int, table_memory: str,
+                     raw_ahead: int = RAW_AHEAD) -> dict:
     """The decode kernel's constexpr arguments for a launch shape."""
     return {"DESC_FIELDS": DESC_FIELDS, "GROUPS": groups_per_program,
             "SHARED_TABLE": table_memory == "shared",
             "TABLE_FILL": 128 * num_warps,          # 4 slots a thread a pass
-            "RAW_AHEAD": RAW_AHEAD}
+            "RAW_AHEAD": raw_ahead}
 
 
 def _check_table_memory(table_memory: str) -> None:
@@ -688,7 +691,8 @@ class DeviceBlockDecoder:
     """Decodes several coded tensors (one transformer block) in one launch."""
 
     def __init__(self, tensors: Sequence[DeviceCodedTensor], *, groups_per_program: int = 4,
-                 num_warps: int = 4, device=None, table_memory: str = DEFAULT_TABLE_MEMORY):
+                 num_warps: int = 4, device=None, table_memory: str = DEFAULT_TABLE_MEMORY,
+                 raw_ahead: int = RAW_AHEAD):
         tensors = list(tensors)
         if not tensors:
             raise DecoderArgumentError("DeviceBlockDecoder needs at least one tensor")
@@ -702,13 +706,13 @@ class DeviceBlockDecoder:
             raise UnsupportedError(f"tensors of one block lie on several devices: {sorted(map(str, devices))}")
         self.device = _device(device if device is not None else tensors[0].device)
         self._build([(t.name, t.dtype, t.shape, t.geometry, t.parts, t.data) for t in tensors],
-                    groups_per_program, num_warps, table_memory)
+                    groups_per_program, num_warps, table_memory, raw_ahead)
 
     @classmethod
     def from_encoded(cls, encoded: Sequence[EncodedTensor], device="cuda", *,
                      names: Sequence[str] | None = None, groups_per_program: int = 4,
-                     num_warps: int = 4,
-                     table_memory: str = DEFAULT_TABLE_MEMORY) -> DeviceBlockDecoder:
+                     num_warps: int = 4, table_memory: str = DEFAULT_TABLE_MEMORY,
+                     raw_ahead: int = RAW_AHEAD) -> DeviceBlockDecoder:
         """Build on the host and upload each concatenated buffer once."""
         encoded = list(encoded)
         names = list(names) if names is not None else [None] * len(encoded)
@@ -727,15 +731,20 @@ class DeviceBlockDecoder:
             else:
                 items.append((nm, enc.dtype, tuple(enc.shape), enc.geometry,
                               _host_parts(enc, f"tensor {nm!r}" if nm else "tensor"), None))
-        self._build(items, groups_per_program, num_warps, table_memory)
+        self._build(items, groups_per_program, num_warps, table_memory, raw_ahead)
         return self
 
-    def _build(self, items, groups_per_program: int, num_warps: int, table_memory: str) -> None:
+    def _build(self, items, groups_per_program: int, num_warps: int, table_memory: str,
+               raw_ahead: int) -> None:
         if groups_per_program < 1 or groups_per_program & (groups_per_program - 1):
             raise UnsupportedError(f"groups_per_program must be a power of two, got {groups_per_program}")
         _check_table_memory(table_memory)
         self.groups_per_program = groups_per_program
         self.num_warps = num_warps
+        if not 1 <= raw_ahead <= 32 or raw_ahead & (raw_ahead - 1):
+            raise DecoderArgumentError(f"raw_ahead must be a power of two from 1 to 32, "
+                                       f"got {raw_ahead}")
+        self.raw_ahead = raw_ahead
         self.table_memory = table_memory
         self.names = [it[0] for it in items]
         self.dtypes = [it[1] for it in items]
@@ -822,7 +831,8 @@ class DeviceBlockDecoder:
         kernel = _kernel("decode")
         kernel[(self.programs,)](
             self.desc, self.table, self.lane_bits, self.payload, self.raw, out, self.errors,
-            **kernel_constants(self.groups_per_program, self.num_warps, self.table_memory),
+            **kernel_constants(self.groups_per_program, self.num_warps, self.table_memory,
+                               self.raw_ahead),
             num_warps=self.num_warps)
 
     def decode(self, out: torch.Tensor | None = None) -> list[torch.Tensor]:
