@@ -185,9 +185,9 @@ def test_unmasked_phase(device, groups_per_program, min_steps):
 
 @pytest.mark.parametrize("raw_ahead", [1, 4, 32])
 def test_raw_ahead(device, raw_ahead):
-    """Any ring depth decodes the same bytes; 64-symbol lanes run unmasked
-    for 63, 56 and 0 of their steps. A depth that is no power of two is
-    refused."""
+    """Any ring depth decodes the same bytes; the full programs' 64-symbol
+    lanes run unmasked for 63, 60 and 32 of their steps. A depth that is no
+    power of two is refused."""
     rng = np.random.default_rng(14)
     enc = force_tans(weights(rng, 32 * 64 * 3 + 100, "BF16"), "BF16", 10, 11, 64)
     ref = decode_tensor(enc, backend="numpy")

@@ -50,8 +50,8 @@ by one row of ``desc`` (the DESC_* columns), so every tensor parameter is a
 scalar and tensors of any width (8, 16, 32 bits) and geometry share a launch.
 Per step and lane: a gather from the decode table at the current state, a
 funnel shift of ``nbits`` bits out of two payload words the lane holds in
-registers, the raw field out of two raw words loaded during the previous
-step, an OR of the rotated field into the value the table entry carries,
+registers, the raw field out of two raw words loaded in an earlier step
+(see below), an OR of the rotated field into the value the table entry carries,
 and a store to ``g*32*K + 32*t + lane`` (consecutive lanes, consecutive
 addresses). A lane loads a payload word only when its position
 passes a word boundary (every ~9 steps at ~3.5 bits a symbol), as a masked
@@ -96,7 +96,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import triton.language as tl
-
 
 from ..codecs import tans
 from ..codecs.encoded import CODEC_RAW, CODEC_TANS, EncodedTensor
