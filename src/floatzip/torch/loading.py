@@ -105,11 +105,7 @@ class CompressedCheckpoint:
             raise FormatError(f"{self.directory}: not a floatzip model directory (no {MANIFEST}); "
                               "compress it first with 'floatzip compress SRC_DIR DST_DIR', or load "
                               "an uncompressed directory with transformers directly")
-        try:
-            with open(path) as f:
-                doc = json.load(f)
-        except (OSError, json.JSONDecodeError) as exc:
-            raise FormatError(f"{path}: cannot read the manifest ({exc})") from None
+        doc = _read_json(path, "cannot read the manifest")
         if not isinstance(doc, dict) or doc.get("format") != "floatzip" or not isinstance(doc.get("files"), dict):
             raise FormatError(f"{path}: not a floatzip manifest (expected an object with "
                               "\"format\": \"floatzip\" and \"files\")")
@@ -126,13 +122,11 @@ class CompressedCheckpoint:
         d = self.directory
         index_path = os.path.join(d, INDEX_FILE)
         if os.path.isfile(index_path):
-            try:
-                with open(index_path) as f:
-                    weight_map = json.load(f)["weight_map"]
-                if not isinstance(weight_map, dict):
-                    raise TypeError("weight_map is not an object")
-            except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
-                raise FormatError(f"{index_path}: not a valid safetensors index ({exc})") from None
+            doc = _read_json(index_path, "not a valid safetensors index")
+            weight_map = doc.get("weight_map") if isinstance(doc, dict) else None
+            if not isinstance(weight_map, dict):
+                raise FormatError(f"{index_path}: not a valid safetensors index (no "
+                                  "\"weight_map\" object)")
             shards: dict[str, set[str]] = {}
             for key, rel in weight_map.items():
                 shards.setdefault(rel, set()).add(key)
@@ -267,17 +261,23 @@ def _transformers():
     return transformers
 
 
+def _read_json(path: str, problem: str):
+    """The JSON document at ``path``; FormatError "path: problem (why)" if it
+    cannot be read or parsed."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, json.JSONDecodeError) as exc:
+        raise FormatError(f"{path}: {problem} ({exc})") from None
+
+
 def load_config(directory: str):
     transformers = _transformers()
     path = os.path.join(directory, CONFIG)
     if not os.path.isfile(path):
         raise FormatError(f"{directory}: no {CONFIG}; load_model needs a Hugging Face model "
                           "directory (config.json next to the weights)")
-    try:
-        with open(path) as f:
-            raw = json.load(f)
-    except (OSError, json.JSONDecodeError) as exc:
-        raise FormatError(f"{path}: not valid JSON ({exc})") from None
+    raw = _read_json(path, "not valid JSON")
     model_type = raw.get("model_type") if isinstance(raw, dict) else None
     try:
         return transformers.AutoConfig.from_pretrained(directory, local_files_only=True)
