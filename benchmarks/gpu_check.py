@@ -1,4 +1,4 @@
-"""One prepared GPU check of the Triton decoder, sized for ~5 minutes on one H200.
+"""One prepared GPU check of the Triton decoder, sized for ~3 minutes on one H200.
 
     python3 benchmarks/gpu_check.py            # on the GPU machine
     TRITON_INTERPRET=1 python benchmarks/gpu_check.py --smoke   # logic check on a CPU
@@ -13,9 +13,11 @@ Stages (each one catches its own errors, prints them and lets the rest run):
              work and is not what this script measures).
   2. decode  decode throughput (output bytes / median time, triton.testing.do_bench,
              which flushes L2 between runs) per matrix and for the whole block in
-             one launch, for a few kernel shapes and both table memories (L1 and
-             shared memory), next to a device-to-device copy
-             of the same output size (the practical ceiling). A launch has only as
+             one launch, for two kernel shapes and each build in BUILDS (table
+             through L1 or in shared memory, prefetching or not; the best also
+             with 16 raw rows in flight), every timed decode checked byte for
+             byte, next to a device-to-device copy of the same output size (the
+             practical ceiling). A launch has only as
              much parallelism as it has lanes (one thread each, 1024 serial steps by
              default), so small matrices alone cannot fill the GPU; the same tensors
              re-encoded with 256-symbol lanes show what shorter lanes buy.
@@ -113,17 +115,20 @@ BLOCK = {
     "up_proj": (I, H), "down_proj": (H, I),
 }
 # Kernel shapes tried in stage 2: (groups of 32 lanes per program, warps).
-# groups / warps is the lanes each thread decodes, interleaved: (2, 1) and
-# (4, 2) give a thread two independent tANS chains at <= 64 registers, so
-# 32 one-warp programs per SM keep 2048 lanes in flight.
-SHAPES = [(64, 4)] if SMOKE else [(1, 1), (2, 1), (2, 2), (4, 2), (4, 4), (8, 4), (16, 4)]
-# Where the kernel reads its decode tables: through L1, and from shared
-# memory (inline PTX: CUDA only, so not in a --smoke run).
-TABLE_MEMORIES = [m for m in td.TABLE_MEMORIES if m == "global" or CUDA]
-# (groups, warps, table memory, raw rows in flight); the best of these per
-# matrix is then tried with other ring depths.
-CONFIGS = [(g, w, m, td.RAW_AHEAD) for m in TABLE_MEMORIES for g, w in SHAPES]
-RAW_AHEADS = [4] if SMOKE else [4, 16]
+# groups / warps is the lanes each thread decodes, interleaved. (2, 1),
+# (4, 2), (8, 4) and (16, 4) were slower than these on an H200 and Triton 3.6
+# takes ~7 s to compile each build, so they are left out.
+SHAPES = [(64, 4)] if SMOKE else [(1, 1), (4, 4)]
+# Kernel builds (table memory, prefetch): the decode tables read through L1
+# or from shared memory, payload and raw rows prefetched into L1, L2 or not.
+# Inline PTX (all but the first) runs on CUDA only, so not in a --smoke run.
+BUILDS = [b for b in (("global", "none"), ("shared", "none"), ("global", "L1"),
+                      ("shared", "L1"), ("shared", "L2"))
+          if b == ("global", "none") or CUDA]
+# (groups, warps, table memory, raw rows in flight, prefetch); the best of
+# these per matrix is then tried with other ring depths.
+CONFIGS = [(g, w, m, td.RAW_AHEAD, p) for m, p in BUILDS for g, w in SHAPES]
+RAW_AHEADS = [4] if SMOKE else [16]
 LANE_SYMBOLS = 64 if SMOKE else None      # None: the encoder's default (1024)
 WORKERS = os.cpu_count() or 1
 
@@ -210,7 +215,7 @@ CODED: dict[str, object] = {}          # block tensor name -> DeviceCodedTensor
 def environment():
     gpu = torch.cuda.get_device_name() if CUDA else "none (Triton interpreter on CPU)"
     row("env", "device", gpu, f"torch {torch.__version__}, triton {triton.__version__}; "
-        f"table memories: {', '.join(TABLE_MEMORIES)}")
+        f"builds: {', '.join(map('-'.join, BUILDS))}")
 
 
 def minilm_tensors() -> dict:
@@ -278,15 +283,16 @@ def encode_everything():
 
 # -- stage 1: verification -----------------------------------------------------------
 
-def config_name(groups, warps, memory, raw_ahead=td.RAW_AHEAD):
+def config_name(groups, warps, memory, raw_ahead=td.RAW_AHEAD, prefetch="none"):
     return (f"g{groups}w{warps}{'-smem' if memory == 'shared' else ''}"
+            f"{'' if prefetch == 'none' else f'-pf{prefetch}'}"
             f"{'' if raw_ahead == td.RAW_AHEAD else f'-ahead{raw_ahead}'}")
 
 
 def block_decoder(tensors, config):
-    groups, warps, memory, raw_ahead = config
+    groups, warps, memory, raw_ahead, prefetch = config
     return td.DeviceBlockDecoder(tensors, groups_per_program=groups, num_warps=warps,
-                                 table_memory=memory, raw_ahead=raw_ahead)
+                                 table_memory=memory, raw_ahead=raw_ahead, prefetch=prefetch)
 
 
 @stage("verify", 220)
@@ -297,11 +303,12 @@ def verify_minilm():
     encs = [MINILM[n][1] for n in names]
     originals = [MINILM[n][0] for n in names]
     bad = []
-    for memory in TABLE_MEMORIES:
-        dec = td.DeviceBlockDecoder.from_encoded(encs, DEVICE, names=names, table_memory=memory)
+    for memory, prefetch in BUILDS:
+        dec = td.DeviceBlockDecoder.from_encoded(encs, DEVICE, names=names, table_memory=memory,
+                                                 prefetch=prefetch)
         outs = dec.decode()
         dec.check()
-        bad += [f"{n} ({memory})" for n, o, ref in zip(names, outs, originals)
+        bad += [f"{n} ({memory}-{prefetch})" for n, o, ref in zip(names, outs, originals)
                 if not np.array_equal(as_bytes(o).cpu().numpy(), ref)]
     # The CPU reference decoder on the same coded data, for the record.
     ref_bad = [n for n, e, ref in zip(names, encs, originals)
@@ -311,7 +318,7 @@ def verify_minilm():
     orig = sum(r.nbytes for r in originals)
     ok = not bad and not ref_bad
     row("verify", f"MiniLM as BF16: {len(encs)} tensors ({tans_n} tans), {values:,} values, "
-        f"one launch per table memory ({', '.join(TABLE_MEMORIES)})",
+        f"one launch per build ({len(BUILDS)})",
         "bit-exact" if ok else f"MISMATCH in {len(bad)} (ref {len(ref_bad)})",
         "; ".join([f"on device {dec.nbytes / orig:.3f} of BF16 (tables included)"]
                   + (bad + ref_bad)[:3]))
@@ -323,16 +330,14 @@ def verify_llama_block():
     for n in names:
         CODED[n] = td.DeviceCodedTensor(ENCODED[n], DEVICE, name=n)
     bad = []
-    for memory in TABLE_MEMORIES:
-        dec = td.DeviceBlockDecoder([CODED[n] for n in names], table_memory=memory)
+    for memory, prefetch in BUILDS:
+        dec = td.DeviceBlockDecoder([CODED[n] for n in names], table_memory=memory,
+                                    prefetch=prefetch)
         out = dec.new_output()
         out.fill_(0xA5)                         # poison: every byte must be written
-        outs = dec.decode(out)
+        dec.decode(out)
         dec.check()
-        for n, o in zip(names, outs):
-            ref = torch.from_numpy(ORIGINAL[n].view(np.uint8)).to(DEVICE)
-            if not torch.equal(as_bytes(o), ref):
-                bad.append(f"{n} ({memory})")
+        bad += [f"{n} ({memory}-{prefetch})" for n in mismatches(names, dec.decode(out))]
     # The CPU reference decoder agrees with the originals on the smallest matrix.
     small = ENCODED["k_proj"]
     ref_ok = np.array_equal(decode_tensor(small, backend="numpy"),
@@ -340,9 +345,15 @@ def verify_llama_block():
     values = sum(math.prod(s) for s in BLOCK.values())
     orig = values * 2
     row("verify", f"Llama-3-8B-shaped BF16 block, N(0,0.02): 9 tensors, {values:,} values, "
-        f"one launch per table memory ({', '.join(TABLE_MEMORIES)})",
+        f"one launch per build ({len(BUILDS)})",
         "bit-exact" if not bad and ref_ok else f"MISMATCH: {bad} ref_ok={ref_ok}",
         f"coded on device: {dec.nbytes / orig:.3f} of BF16 ({dec.nbytes / 1e6:.0f} MB)")
+
+
+def mismatches(names, outs) -> list[str]:
+    """Names whose decoded bytes differ from the original block tensor's."""
+    return [n for n, o in zip(names, outs)
+            if not torch.equal(as_bytes(o), torch.from_numpy(ORIGINAL[n].view(np.uint8)).to(DEVICE))]
 
 
 # -- stage 2: throughput ---------------------------------------------------------------
@@ -369,14 +380,18 @@ def decode_throughput():
             dec.check()
             ms = bench_ms(lambda: dec.decode(out))
             dec.check()
-            notes.append(f"{config_name(*config)} {out_bytes / ms / 1e6:,.0f}")
-            return ms, config
+            # Every build timed is also checked: the fastest becomes a default.
+            bad = mismatches(names, dec.decode(out))
+            notes.append(f"{config_name(*config)} {out_bytes / ms / 1e6:,.0f}"
+                         + (f" MISMATCH {bad}" if bad else ""))
+            return (ms if not bad else math.inf), config
 
         for config in CONFIGS:
             result = trial(config)
             best = result if best is None else min(best, result)
         for raw_ahead in RAW_AHEADS:
-            best = min(best, trial((*best[1][:3], raw_ahead)))
+            groups, warps, memory, _, prefetch = best[1]
+            best = min(best, trial((groups, warps, memory, raw_ahead, prefetch)))
         ms, config = best
         lanes = sum(e.geometry.lanes for e in encs if e.codec == CODEC_TANS)
         # A lane's symbols are decoded one after another: the time of a step
@@ -394,8 +409,9 @@ def decode_throughput():
             BEST_CONFIG[:] = config
 
 
-BEST_CONFIG = [4, 4, td.DEFAULT_TABLE_MEMORY, td.RAW_AHEAD]
-BEST_BY_LABEL: dict[str, tuple[int, int, str, int]] = {}
+_DEFAULT = td.resolve_build()       # the default build where this runs
+BEST_CONFIG = [4, 4, _DEFAULT.table_memory, _DEFAULT.raw_ahead, _DEFAULT.prefetch]
+BEST_BY_LABEL: dict[str, tuple[int, int, str, int, str]] = {}
 
 
 @stage("decode", 280)
@@ -418,10 +434,11 @@ def decode_short_lanes():
                                                  lane_symbols=alt)
             encs.append(dataclasses.replace(recoded[e.count], shape=e.shape))
         config = BEST_BY_LABEL.get(label, tuple(BEST_CONFIG))
-        groups, warps, memory, raw_ahead = config
+        groups, warps, memory, raw_ahead, prefetch = config
         dec = td.DeviceBlockDecoder.from_encoded(encs, DEVICE, names=names,
                                                  groups_per_program=groups, num_warps=warps,
-                                                 table_memory=memory, raw_ahead=raw_ahead)
+                                                 table_memory=memory, raw_ahead=raw_ahead,
+                                                 prefetch=prefetch)
         out = dec.new_output()
         outs = dec.decode(out)
         dec.check()

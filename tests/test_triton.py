@@ -43,7 +43,10 @@ from floatzip.errors import (  # noqa: E402
 )
 
 # Many groups per program: the interpreter's cost is per step, not per lane.
-WIDE = 64
+# A GPU compiles one thread per lane: there, a launch shape it is built for.
+WIDE = 4 if torch.cuda.is_available() else 64
+# Every (table_memory, prefetch) build of the kernel.
+ALL_BUILDS = [(m, p) for m in td.TABLE_MEMORIES for p in td.PREFETCHES]
 
 
 @pytest.fixture
@@ -100,23 +103,29 @@ def device_bytes(t: torch.Tensor) -> np.ndarray:
     return t.detach().contiguous().view(-1).view(torch.uint8).cpu().numpy()
 
 
-def table_memories(device) -> list[str]:
-    """The builds a device runs: the shared-table one (inline PTX) on a GPU only."""
-    return [m for m in td.TABLE_MEMORIES if m == "global" or device == "cuda"]
+def builds(device) -> list[tuple[str, str]]:
+    """The (table_memory, prefetch) builds a device runs: those with inline
+    PTX (shared-memory table, prefetches) on a GPU only."""
+    return ALL_BUILDS if device == "cuda" else [("global", "none")]
 
 
-def assert_decodes(enc: EncodedTensor, device, groups_per_program=WIDE):
+def block_decoder(encoded, device, build, **kw) -> td.DeviceBlockDecoder:
+    table_memory, prefetch = build
+    return td.DeviceBlockDecoder.from_encoded(encoded, device, table_memory=table_memory,
+                                              prefetch=prefetch, **kw)
+
+
+def assert_decodes(enc: EncodedTensor, device, groups_per_program=WIDE, **kw):
     """Device decode == reference decode == the original bytes, with every
-    table memory the device runs."""
+    build the device runs."""
     ref = decode_tensor(enc, backend="numpy")
-    for memory in table_memories(device):
-        dec = td.DeviceBlockDecoder.from_encoded([enc], device, table_memory=memory,
-                                                 groups_per_program=groups_per_program)
+    for build in builds(device):
+        dec = block_decoder([enc], device, build, groups_per_program=groups_per_program, **kw)
         (out,) = dec.decode()
         dec.check()
         assert out.dtype == td.TORCH_DTYPES[enc.dtype]
         assert tuple(out.shape) == tuple(enc.shape)
-        np.testing.assert_array_equal(device_bytes(out), ref, err_msg=memory)
+        np.testing.assert_array_equal(device_bytes(out), ref, err_msg=str(build))
 
 
 # -- bit-exactness ---------------------------------------------------------
@@ -173,17 +182,16 @@ def test_tails(device, count, groups_per_program):
 def test_unmasked_phase(device, groups_per_program, min_steps):
     """A program runs steps without masks only when it has all its groups,
     and only while its shortest lane (DESC_MIN_STEPS) still holds the raw
-    row loaded RAW_AHEAD steps ahead: here the first 8 of 16.
+    row loaded raw_ahead steps ahead: here the first 8 of 16.
     16-symbol lanes, 2 full groups + 40 values."""
-    assert td.RAW_AHEAD == 8
     rng = np.random.default_rng(5)
     enc = force_tans(weights(rng, 32 * 16 * 2 + 40, "BF16"), "BF16", 9, 10, 16)
     dec = td.DeviceBlockDecoder.from_encoded([enc], device, groups_per_program=groups_per_program)
     assert dec.desc[:, td.DESC_MIN_STEPS].tolist() == min_steps
-    assert_decodes(enc, device, groups_per_program)
+    assert_decodes(enc, device, groups_per_program, raw_ahead=8)
 
 
-@pytest.mark.parametrize("raw_ahead", [1, 4, 32])
+@pytest.mark.parametrize("raw_ahead", [1, 4, 16])
 def test_raw_ahead(device, raw_ahead):
     """Any ring depth decodes the same bytes; the full programs' 64-symbol
     lanes run unmasked for 63, 60 and 32 of their steps. A depth that is no
@@ -195,8 +203,9 @@ def test_raw_ahead(device, raw_ahead):
                                              raw_ahead=raw_ahead)
     np.testing.assert_array_equal(device_bytes(dec.decode()[0]), ref)
     dec.check()
-    with pytest.raises(DecoderArgumentError, match="raw_ahead"):
-        td.DeviceBlockDecoder.from_encoded([enc], device, raw_ahead=3)
+    for bad in (3, 32, 0):
+        with pytest.raises(DecoderArgumentError, match="raw_ahead"):
+            td.DeviceBlockDecoder.from_encoded([enc], device, raw_ahead=bad)
 
 
 def test_alphabet_of_one_symbol(device):
@@ -285,12 +294,12 @@ def test_backend_interface(device):
 
 # -- corrupt streams -------------------------------------------------------
 
-@pytest.mark.parametrize("table_memory", td.TABLE_MEMORIES)
-def test_corrupt_lanes_are_flagged_like_the_reference(device, table_memory):
+@pytest.mark.parametrize("build", ALL_BUILDS, ids="-".join)
+def test_corrupt_lanes_are_flagged_like_the_reference(device, build):
     """A flipped payload byte is flagged by the kernel exactly when the
     reference rejects it; decoding never reads outside the buffers."""
-    if table_memory not in table_memories(device):
-        pytest.skip("the shared-table build runs on CUDA only")
+    if build not in builds(device):
+        pytest.skip("the inline-PTX builds run on CUDA only")
     rng = np.random.default_rng(9)
     enc = encode(weights(rng, 8192, "BF16"), "BF16", lane_symbols=32)
     g = enc.geometry
@@ -300,8 +309,7 @@ def test_corrupt_lanes_are_flagged_like_the_reference(device, table_memory):
         payload[at] ^= 1 << int(rng.integers(8))
         corrupt.append(EncodedTensor(enc.dtype, enc.shape, CODEC_TANS, enc.checksum, g,
                                      enc.counts, enc.lane_sizes, payload, enc.raw))
-    dec = td.DeviceBlockDecoder.from_encoded(corrupt, device, groups_per_program=WIDE,
-                                             table_memory=table_memory)
+    dec = block_decoder(corrupt, device, build, groups_per_program=WIDE)
     dec.decode()
     flagged = int(dec.errors.item())
     rejected = 0
@@ -317,8 +325,7 @@ def test_corrupt_lanes_are_flagged_like_the_reference(device, table_memory):
     dec.check()                   # the count was reset
     # Each corrupt tensor alone: flagged iff the reference rejects it.
     for c in corrupt:
-        one = td.DeviceBlockDecoder.from_encoded([c], device, groups_per_program=WIDE,
-                                                 table_memory=table_memory)
+        one = block_decoder([c], device, build, groups_per_program=WIDE)
         one.decode()
         try:
             numpy_ref.decode(g, c.counts, c.lane_sizes, c.payload, c.raw, np.uint16)
@@ -396,18 +403,41 @@ def test_cpu_needs_the_interpreter(monkeypatch):
         td.DeviceBlockDecoder.from_encoded([enc], "meta")
 
 
-def test_shared_table_needs_a_gpu(monkeypatch):
-    """The shared-table build (inline PTX) cannot run in the interpreter: a
-    clear error at construction, not at the first decode; an unknown memory
-    is refused."""
+def test_inline_ptx_builds_need_a_gpu(monkeypatch):
+    """The shared-table and prefetching builds (inline PTX) cannot run in
+    the interpreter: a clear error at construction, not at the first
+    decode; by default the interpreter gets the plain build, a GPU the
+    tuned one; unknown builds are refused."""
     if torch.cuda.is_available():
-        pytest.skip("a GPU runs the shared-table build")
+        pytest.skip("a GPU runs the inline-PTX builds")
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     enc = encode(weights(np.random.default_rng(12), 100, "BF16"), "BF16")
-    with pytest.raises(UnsupportedError, match="TRITON_INTERPRET"):
+    with pytest.raises(UnsupportedError, match="table_memory='shared'.*TRITON_INTERPRET"):
         td.DeviceBlockDecoder.from_encoded([enc], "cpu", table_memory="shared")
+    with pytest.raises(UnsupportedError, match="prefetch='L2'.*TRITON_INTERPRET"):
+        td.DeviceBlockDecoder.from_encoded([enc], "cpu", prefetch="L2")
+    dec = td.DeviceBlockDecoder.from_encoded([enc], "cpu")
+    assert (dec.table_memory, dec.prefetch) == ("global", "none")
+    assert td.resolve_build(interpreted=False) == td.CUDA_BUILD
     with pytest.raises(DecoderArgumentError, match="table_memory"):
         td.DeviceBlockDecoder.from_encoded([enc], "cpu", table_memory="texture")
+    with pytest.raises(DecoderArgumentError, match="prefetch"):
+        td.DeviceBlockDecoder.from_encoded([enc], "cpu", prefetch="L3")
+
+
+def test_auto_prefetch_follows_the_launch_size(monkeypatch):
+    """prefetch="auto" prefetches when a launch has fewer lanes than the
+    GPU keeps resident (PREFETCH_LANES_PER_SM a multiprocessor), else not;
+    without CUDA it never does."""
+    monkeypatch.setattr(td, "_multiprocessors", lambda device: 2)
+    auto = td.KernelBuild("shared", "auto", 16)
+    cuda = torch.device("cuda", 0)
+    resident = 2 * td.PREFETCH_LANES_PER_SM
+    assert td._resolve_prefetch(auto, resident - 32, cuda).prefetch == td.AUTO_PREFETCH
+    assert td._resolve_prefetch(auto, resident, cuda).prefetch == "none"
+    assert td._resolve_prefetch(auto._replace(prefetch="L1"), resident, cuda).prefetch == "L1"
+    assert td._resolve_prefetch(auto, 32, torch.device("cpu")).prefetch == "none"
+    assert td.resolve_build(prefetch="auto", interpreted=True).prefetch == "none"
 
 
 def test_bad_inputs_raise_floatzip_errors(device):
@@ -469,34 +499,64 @@ def test_descriptor_columns_match_the_kernel():
 
 # -- the real compiler, without a GPU --------------------------------------
 
+def assert_compiles(capability, groups, num_warps, build):
+    """The kernel compiles to machine code with no spills to local memory;
+    the shared build reads its table from shared memory and waits for it
+    once, outside the loops; the prefetching builds prefetch two lines a
+    step in the unmasked loops and none in the masked ones."""
+    table_memory, prefetch, raw_ahead = build
+    compiled = triton_build.compile_decoder(capability, groups, num_warps, table_memory,
+                                            raw_ahead, prefetch)
+    if prefetch == "auto":
+        prefetch = td.AUTO_PREFETCH      # what a launch small enough gets
+    cubin, ptx = compiled.asm["cubin"], compiled.asm["ptx"]
+    assert len(cubin) > 0 and f"sm_{capability}" in ptx
+    if table_memory == "shared":
+        # Declared once, filled, read: the inline PTX survived.
+        assert ptx.count("floatzip_decode_table[16384]") == 1
+        assert "st.shared.u32" in ptx and "ld.shared.u32" in ptx
+    # Two a step of the unmasked loops, for each output width.
+    assert ptx.count("prefetch.global.") == (prefetch != "none") * 2 * raw_ahead * 3
+    assert ptx.count(f"prefetch.global.{prefetch}") == ptx.count("prefetch.global.")
+    if triton_build.cuda_tool("cuobjdump") is None:
+        return
+    assert "LOCAL:0" in triton_build.resource_usage(cubin)
+    loops = triton_build.decode_loops(triton_build.sass(cubin))
+    assert len(loops) == 6          # per output width: unmasked, masked
+    for i, loop in enumerate(loops):
+        stores = sum("STG" in op for op in loop)
+        # One shared-memory table read per symbol stored.
+        table_reads = sum("LDS" in op for op in loop)
+        assert table_reads == (table_memory == "shared") * stores
+        assert not any("BAR" in op for op in loop), loop
+        unmasked = i % 2 == 0
+        prefetches = sum("CCTL" in op for op in loop)
+        assert prefetches == (prefetch != "none" and unmasked) * 2 * stores
+
+
+needs_nvidia_backend = pytest.mark.skipif("nvidia" not in triton.backends.backends,
+                                          reason="this Triton has no NVIDIA back end")
+
+
+@needs_nvidia_backend
 @pytest.mark.filterwarnings("ignore::UserWarning")
-@pytest.mark.parametrize("table_memory", td.TABLE_MEMORIES)
-@pytest.mark.parametrize("capability", [80, 90])
-def test_compiles_for(capability, table_memory):
-    """The kernel, in both table builds, compiles to machine code for Ampere
-    and Hopper with no spills to local memory; the shared build reads its
-    table from shared memory and waits for it once, outside the loops."""
-    if "nvidia" not in triton.backends.backends:
-        pytest.skip("this Triton has no NVIDIA back end")
+@pytest.mark.parametrize("build", ALL_BUILDS, ids="-".join)
+def test_compiles_for_hopper(build):
+    """Every build, with the plain ring of raw rows (a ring of 16 takes ~4x
+    as long to compile): every launch shape of the plain build, one for
+    the others."""
     assert set(td.KERNELS) == {"decode"}
-    for groups, num_warps in ((1, 1), (2, 1), (4, 4)):
-        compiled = triton_build.compile_decoder(capability, groups, num_warps, table_memory)
-        cubin, ptx = compiled.asm["cubin"], compiled.asm["ptx"]
-        assert len(cubin) > 0 and f"sm_{capability}" in ptx
-        if table_memory == "shared":
-            # Declared once, filled, read: the inline PTX survived.
-            assert ptx.count("floatzip_decode_table[16384]") == 1
-            assert "st.shared.u32" in ptx and "ld.shared.u32" in ptx
-        if triton_build.cuda_tool("cuobjdump") is None:
-            continue
-        assert "LOCAL:0" in triton_build.resource_usage(cubin)
-        loops = triton_build.decode_loops(triton_build.sass(cubin))
-        assert len(loops) == 6          # per output width: unmasked, masked
-        for loop in loops:
-            # One shared-memory table read per symbol stored.
-            table_reads = sum("LDS" in op for op in loop)
-            assert table_reads == (table_memory == "shared") * sum("STG" in op for op in loop)
-            assert not any("BAR" in op for op in loop), loop
+    shapes = ((1, 1), (2, 1), (4, 4)) if build == ("global", "none") else ((4, 4),)
+    for groups, num_warps in shapes:
+        assert_compiles(90, groups, num_warps, (*build, td.RAW_AHEAD))
+
+
+@needs_nvidia_backend
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("capability", [80, 90])
+def test_cuda_default_build_compiles_for(capability):
+    """What a GPU launches by default (CUDA_BUILD), for Ampere and Hopper."""
+    assert_compiles(capability, 4, 4, td.CUDA_BUILD)
 
 
 def test_lane_ending_in_a_wrong_state_is_flagged(device):
@@ -505,8 +565,8 @@ def test_lane_ending_in_a_wrong_state_is_flagged(device):
     path = os.path.join(os.path.dirname(__file__), "fixtures", "v1", "must_fail",
                         "lane-final-state.fz.safetensors")
     enc = FloatzipFile(path).encoded("x")
-    for memory in table_memories(device):
-        dec = td.DeviceBlockDecoder.from_encoded([enc], device, table_memory=memory)
+    for build in builds(device):
+        dec = block_decoder([enc], device, build)
         dec.decode()
         with pytest.raises(CorruptDataError, match="lane"):
             dec.check()

@@ -5,10 +5,12 @@ prove that every build of the kernel compiles (tests/test_triton.py) and
 benchmarks/kernel_sass.py can count what one decode step costs in SASS
 instructions, the static half of a GPU timing.
 
-``compile_decoder(capability, groups, num_warps, table_memory, raw_ahead)``
-    The decode kernel exactly as ``DeviceBlockDecoder`` launches it, for
-    ``sm_<capability>``, with its tables read through L1 ("global") or from
-    shared memory ("shared"). Returns Triton's CompiledKernel
+``compile_decoder(capability, groups, num_warps, table_memory, raw_ahead, prefetch)``
+    The decode kernel exactly as ``DeviceBlockDecoder`` launches it on a
+    CUDA device, for ``sm_<capability>``, with its tables read through L1
+    ("global") or from shared memory ("shared"), prefetching into "L1",
+    "L2" or not ("none"); None picks CUDA_BUILD's choice, "auto" compiles
+    the prefetching build. Returns Triton's CompiledKernel
     (``.asm["ptx"]``, ``.asm["cubin"]``).
 ``cuda_tool(name)``
     Path of cuobjdump / nvdisasm as shipped inside Triton's wheel, or None.
@@ -31,19 +33,24 @@ SIGNATURE = {
     "desc_ptr": "*i64", "table_ptr": "*i32", "lane_ptr": "*i64", "payload_ptr": "*i32",
     "raw_ptr": "*i32", "out_ptr": "*u8", "err_ptr": "*i32",
     "DESC_FIELDS": "constexpr", "GROUPS": "constexpr", "SHARED_TABLE": "constexpr",
-    "TABLE_FILL": "constexpr", "RAW_AHEAD": "constexpr",
+    "TABLE_FILL": "constexpr", "RAW_AHEAD": "constexpr", "PREFETCH": "constexpr",
+    "PREFETCH_PTX": "constexpr",
 }
 
 
 def compile_decoder(capability: int, groups: int, num_warps: int,
-                    table_memory: str = td.DEFAULT_TABLE_MEMORY, raw_ahead: int = td.RAW_AHEAD):
+                    table_memory: str | None = None, raw_ahead: int | None = None,
+                    prefetch: str | None = None):
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.runtime.jit import JITFunction
 
+    build = td.resolve_build(table_memory, prefetch, raw_ahead, interpreted=False)
+    if build.prefetch == "auto":
+        build = build._replace(prefetch=td.AUTO_PREFETCH)
     src = triton.compiler.ASTSource(
         fn=JITFunction(td.KERNELS["decode"]), signature=SIGNATURE,
-        constexprs=td.kernel_constants(groups, num_warps, table_memory, raw_ahead))
+        constexprs=td.kernel_constants(groups, num_warps, build))
     return triton.compile(src, target=GPUTarget("cuda", capability, 32),
                           options={"num_warps": num_warps})
 

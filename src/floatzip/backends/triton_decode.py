@@ -16,15 +16,19 @@ Host API
     A ``raw``-codec tensor is a device copy of its bytes.
     ``.decode(out=None) -> torch.Tensor`` decodes it (one launch).
 
-``DeviceBlockDecoder(tensors, *, groups_per_program=4, num_warps=4, table_memory="global",
-raw_ahead=8)``
+``DeviceBlockDecoder(tensors, *, groups_per_program=4, num_warps=4, table_memory=None,
+raw_ahead=None, prefetch=None)``
     Concatenates the buffers of several DeviceCodedTensors (one transformer
     block, say) once, and builds one descriptor row per program.
-    ``raw_ahead`` is how many raw rows each lane keeps in flight (RAW_AHEAD).
-    ``table_memory`` picks the build of the kernel (TABLE_MEMORIES): "global"
-    reads decode tables through L1 (also runs in the interpreter), "shared"
-    first copies each program's table to shared memory and reads it with
-    inline PTX (CUDA only; not yet run on a GPU, so not the default).
+    ``table_memory``, ``prefetch`` and ``raw_ahead`` pick the build of the
+    kernel (``.build``, a KernelBuild): ``table_memory`` "global" reads
+    decode tables through L1, "shared" first copies each program's table
+    to shared memory and reads it with inline PTX; ``prefetch`` "L1" or
+    "L2" prefetches payload words and raw rows into that cache level
+    (inline PTX), "none" does not, "auto" does below a launch size;
+    ``raw_ahead`` is how many raw rows each lane keeps in flight. Inline
+    PTX runs on CUDA only; None takes CUDA_BUILD on a GPU and
+    INTERPRETER_BUILD (no inline PTX) under TRITON_INTERPRET=1.
     ``DeviceBlockDecoder.from_encoded(encoded, device, names=None)`` does the
     same from EncodedTensors with a single upload per buffer.
     ``.decode(out=None) -> list[torch.Tensor]`` runs ONE launch for every
@@ -71,6 +75,12 @@ into a ring of registers: a row is 16-32 bytes, so nearly every step's row
 is a new memory sector, and loaded one step ahead its DRAM latency was paid
 at every step (single matrices decoded at the same ~600 cycles a step
 whatever their size). The rest run masked, a row loaded one step ahead.
+A payload word is read a step after its load, so a word that misses L1
+stalls the warp for a DRAM round trip; L1 fills 32-byte sectors, and the
+32 lanes of a warp cross one every ~2 steps (still ~200 ns a step on an
+H200 with the ring). The prefetching builds therefore prefetch, in the
+unmasked phase, the payload sector after a lane's look-ahead word and the
+raw row RAW_PREFETCH_ROWS steps past the ring.
 benchmarks/kernel_sass.py counts the SASS instructions of each loop.
 At the end each lane checks, as numpy_ref does, that it ended in its last
 byte with zero padding bits (the bits after its end are still in its
@@ -83,15 +93,19 @@ mode is read at launch, not at import, so a test can switch it; the kernel
 uses only Triton builtins (no @triton.jit library functions such as
 ``tl.sum``), because those work in the interpreter only if TRITON_INTERPRET
 was set before triton was first imported. The interpreter does not run
-inline PTX: the shared-table build differs from the interpreted one only in
-the lines under ``if SHARED_TABLE`` (the table copy and the table reads), and
-CI checks it by compiling it for sm_80 and sm_90 (tests/test_triton.py).
+inline PTX: the CUDA builds differ from the interpreted one only in the
+lines under ``if SHARED_TABLE`` (the table copy and the table reads) and
+``if PREFETCH`` (two prefetches a step), and CI checks them by compiling
+them for sm_80 and sm_90 and reading their SASS (tests/test_triton.py).
+All builds were run bit-exact and timed on an H200 (gpu_check.py).
 """
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -116,7 +130,8 @@ SLOT_ALIGN = 256
 # Zero words after a tensor's raw fields: the second word of the two-word
 # read of the last field. Rows past a lane's last symbol are not loaded.
 RAW_SLACK_WORDS = 1
-# Raw rows each lane has in flight in the unmasked phase (kernel docstring).
+# Raw rows each lane has in flight in the unmasked phase (kernel docstring);
+# 16 in CUDA_BUILD.
 RAW_AHEAD = 8
 
 # PTX of the shared-memory decode table (the "shared" build): one array of
@@ -132,6 +147,18 @@ SHARED_TABLE_STORE = tl.constexpr(
 SHARED_TABLE_LOAD = tl.constexpr(
     "{ .reg .u32 %fz_at; mov.u32 %fz_at, floatzip_decode_table; add.u32 %fz_at, %fz_at, $1; "
     "ld.shared.u32 $0, [%fz_at]; }")
+# Prefetching builds (PREFETCHES): PTX that prefetches the line at address
+# $1 into L1 or L2 on lanes where $2 is non-zero, passed to the kernel as the
+# constexpr PREFETCH_PTX. Like the table reads, CUDA only.
+PREFETCHES = ("none", "L1", "L2")
+_PREFETCH_PTX = ("{{ .reg .pred %fz_p; setp.ne.b32 %fz_p, $2, 0; "
+                 "@%fz_p prefetch.global.{level} [$1]; mov.u32 $0, 0; }}")
+# A lane prefetches the payload word this many words past its look-ahead
+# word each time it moves on a word: one 32-byte sector, ~70 steps before it
+# reads it at ~3.5 bits a symbol. The payload slack covers it (_host_parts).
+PAYLOAD_PREFETCH_WORDS = tl.constexpr(8)
+# Raw rows are prefetched this many steps after the ring's newest row.
+RAW_PREFETCH_ROWS = tl.constexpr(16)
 # Largest tensor the kernel indexes with 32-bit value offsets.
 MAX_COUNT = 2**31 - 2**20
 
@@ -180,6 +207,8 @@ def _decode_kernel(
     SHARED_TABLE: tl.constexpr = False,  # the decode table in shared memory (CUDA only)
     TABLE_FILL: tl.constexpr = 512,      # shared table slots copied a pass: 4 a thread
     RAW_AHEAD: tl.constexpr = 8,         # raw rows in flight per lane (power of two)
+    PREFETCH: tl.constexpr = False,      # prefetch payload and raw rows (CUDA only)
+    PREFETCH_PTX: tl.constexpr = "",     # the prefetch instruction (_PREFETCH_PTX)
 ):
     # Column numbers are the DESC_* constants (plain globals cannot be read
     # inside a kernel); tests/test_triton.py checks that they agree.
@@ -353,6 +382,22 @@ def _decode_kernel(
                         hi = tl.where(adv, nxt, hi)
                         wp = tl.where(adv, wp + 1, wp)
                         nxt = tl.load(wp + 2, mask=adv, other=nxt)
+                        if PREFETCH and not masked:
+                            # Loaded one step before use, a word that misses
+                            # L1 stalls its warp for a DRAM round trip, and
+                            # lanes cross 32-byte sectors every few warp
+                            # steps; so are raw rows a ring ahead.
+                            tl.inline_asm_elementwise(
+                                PREFETCH_PTX, "=r,l,r",
+                                [(wp + (2 + PAYLOAD_PREFETCH_WORDS)).to(tl.int64),
+                                 adv.to(tl.int32)],
+                                dtype=tl.int32, is_pure=False, pack=1)
+                            tl.inline_asm_elementwise(
+                                PREFETCH_PTX, "=r,l,r",
+                                [(ahead + RAW_PREFETCH_ROWS * raw_bits).to(tl.int64),
+                                 (lane_steps > t + (u + 1 + RAW_AHEAD + RAW_PREFETCH_ROWS))
+                                 .to(tl.int32)],
+                                dtype=tl.int32, is_pure=False, pack=1)
 
                         # value = rotate_right_1(symbol << raw_bits | field):
                         # the symbol's part comes rotated from the table, the
@@ -402,7 +447,30 @@ _launchable: dict[tuple[str, bool], object] = {}
 # build also runs in the interpreter). "shared": copied first into shared
 # memory and read with inline PTX, which only a CUDA device runs.
 TABLE_MEMORIES = ("global", "shared")
-DEFAULT_TABLE_MEMORY = "global"
+MAX_RAW_AHEAD = 16      # Triton 3.6 took minutes to compile a ring of 32 rows
+
+
+class KernelBuild(NamedTuple):
+    """Which kernel a decoder launches (see DeviceBlockDecoder)."""
+    table_memory: str       # TABLE_MEMORIES
+    prefetch: str           # PREFETCHES, or "auto" before a decoder resolves it
+    raw_ahead: int          # raw rows in flight, a power of two up to MAX_RAW_AHEAD
+
+
+# The build a decoder gets for what its caller leaves None. On CUDA, the
+# fastest on an H200 (benchmarks/results/gpu_check_h200.md): the shared
+# table beat L1 on every launch; 16 raw rows in flight beat 8 on single
+# matrices (+6-10%) and tied on a whole Llama block; prefetching gained
+# 33-45% on launches of fewer lanes than the GPU holds at once (a 14336x4096
+# matrix: 57,344 lanes) and lost 19% on a block of 213,056, where the
+# resident warps hide latency themselves and the prefetches cost issue
+# slots and L1 room: "auto" prefetches (AUTO_PREFETCH) below
+# PREFETCH_LANES_PER_SM lanes per multiprocessor. The interpreter runs no
+# inline PTX.
+CUDA_BUILD = KernelBuild("shared", "auto", 16)
+INTERPRETER_BUILD = KernelBuild("global", "none", RAW_AHEAD)
+AUTO_PREFETCH = "L2"            # L1 and L2 measured the same
+PREFETCH_LANES_PER_SM = 1024    # threads resident per SM at 64 registers
 
 
 def interpreting() -> bool:
@@ -421,23 +489,63 @@ def _kernel(kernel_name: str):
     return _launchable[key]
 
 
-def kernel_constants(groups_per_program: int, num_warps: int, table_memory: str,
-                     raw_ahead: int = RAW_AHEAD) -> dict:
-    """The decode kernel's constexpr arguments for a launch shape."""
+def kernel_constants(groups_per_program: int, num_warps: int, build: KernelBuild) -> dict:
+    """The decode kernel's constexpr arguments for a launch shape and build."""
+    if build.prefetch not in PREFETCHES:
+        raise DecoderArgumentError(f"prefetch {build.prefetch!r} is not resolved to one of "
+                                   f"{PREFETCHES}")
     return {"DESC_FIELDS": DESC_FIELDS, "GROUPS": groups_per_program,
-            "SHARED_TABLE": table_memory == "shared",
+            "SHARED_TABLE": build.table_memory == "shared",
             "TABLE_FILL": 128 * num_warps,          # 4 slots a thread a pass
-            "RAW_AHEAD": raw_ahead}
+            "RAW_AHEAD": build.raw_ahead,
+            "PREFETCH": build.prefetch != "none",
+            "PREFETCH_PTX": ("" if build.prefetch == "none"
+                             else _PREFETCH_PTX.format(level=build.prefetch))}
 
 
-def _check_table_memory(table_memory: str) -> None:
-    if table_memory not in TABLE_MEMORIES:
+def resolve_build(table_memory: str | None = None, prefetch: str | None = None,
+                  raw_ahead: int | None = None, interpreted: bool | None = None) -> KernelBuild:
+    """The build with the defaults filled in for where the kernel runs
+    (CUDA_BUILD, INTERPRETER_BUILD), checked: inline-PTX builds run on CUDA
+    only. ``prefetch`` may stay "auto" (DeviceBlockDecoder resolves it)."""
+    interpreted = interpreting() if interpreted is None else interpreted
+    defaults = INTERPRETER_BUILD if interpreted else CUDA_BUILD
+    build = KernelBuild(*(d if v is None else v for v, d in
+                          zip((table_memory, prefetch, raw_ahead), defaults)))
+    if build.table_memory not in TABLE_MEMORIES:
         raise DecoderArgumentError(f"table_memory must be one of {TABLE_MEMORIES}, "
-                                   f"got {table_memory!r}")
-    if table_memory == "shared" and interpreting():
-        raise UnsupportedError(
-            "table_memory='shared' reads its table with inline PTX, which TRITON_INTERPRET=1 "
-            "cannot run; use table_memory='global' there")
+                                   f"got {build.table_memory!r}")
+    if build.prefetch not in PREFETCHES + ("auto",):
+        raise DecoderArgumentError(f"prefetch must be one of {PREFETCHES + ('auto',)}, "
+                                   f"got {build.prefetch!r}")
+    ahead = build.raw_ahead
+    if not isinstance(ahead, int) or not 1 <= ahead <= MAX_RAW_AHEAD or ahead & (ahead - 1):
+        raise DecoderArgumentError(f"raw_ahead must be a power of two from 1 to "
+                                   f"{MAX_RAW_AHEAD}, got {ahead!r}")
+    if interpreted:
+        for option, value, plain in (("table_memory", build.table_memory, "global"),
+                                     ("prefetch", build.prefetch, "none")):
+            if value not in (plain, "auto"):
+                raise UnsupportedError(
+                    f"{option}={value!r} is inline PTX, which TRITON_INTERPRET=1 cannot run; "
+                    f"use {option}={plain!r} there")
+        if build.prefetch == "auto":
+            build = build._replace(prefetch="none")
+    return build
+
+
+@functools.lru_cache(maxsize=None)
+def _multiprocessors(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def _resolve_prefetch(build: KernelBuild, lanes: int, device: torch.device) -> KernelBuild:
+    """"auto": prefetch when the launch has fewer lanes than the device
+    keeps resident (CUDA_BUILD says why)."""
+    if build.prefetch != "auto":
+        return build
+    few = device.type == "cuda" and lanes < PREFETCH_LANES_PER_SM * _multiprocessors(device)
+    return build._replace(prefetch=AUTO_PREFETCH if few else "none")
 
 
 # -- host side -----------------------------------------------------------------
@@ -590,7 +698,10 @@ def _host_parts(enc: EncodedTensor, label: str) -> _Parts:
     # look-ahead word): from a start at the payload's end that reaches word
     # (12 * (lane_symbols + 1)) // 32 + 2 of the slack, its last word.
     # test_worst_lane_stays_inside_the_buffers runs that lane.
-    slack = (tans.MAX_TABLE_LOG * (g.lane_symbols + 1)) // 32 + 3
+    # A prefetching build also prefetches PAYLOAD_PREFETCH_WORDS past the
+    # look-ahead word.
+    slack = max((tans.MAX_TABLE_LOG * (g.lane_symbols + 1)) // 32,
+                PAYLOAD_PREFETCH_WORDS.value) + 3
     payload = _words(np.asarray(enc.payload, dtype=np.uint8), slack)
     raw = _words(np.asarray(enc.raw, dtype=np.uint8), RAW_SLACK_WORDS)
     return _Parts(torch.from_numpy(table.copy()), torch.from_numpy(lane_bits),
@@ -690,8 +801,8 @@ class DeviceBlockDecoder:
     """Decodes several coded tensors (one transformer block) in one launch."""
 
     def __init__(self, tensors: Sequence[DeviceCodedTensor], *, groups_per_program: int = 4,
-                 num_warps: int = 4, device=None, table_memory: str = DEFAULT_TABLE_MEMORY,
-                 raw_ahead: int = RAW_AHEAD):
+                 num_warps: int = 4, device=None, table_memory: str | None = None,
+                 raw_ahead: int | None = None, prefetch: str | None = None):
         tensors = list(tensors)
         if not tensors:
             raise DecoderArgumentError("DeviceBlockDecoder needs at least one tensor")
@@ -705,13 +816,14 @@ class DeviceBlockDecoder:
             raise UnsupportedError(f"tensors of one block lie on several devices: {sorted(map(str, devices))}")
         self.device = _device(device if device is not None else tensors[0].device)
         self._build([(t.name, t.dtype, t.shape, t.geometry, t.parts, t.data) for t in tensors],
-                    groups_per_program, num_warps, table_memory, raw_ahead)
+                    groups_per_program, num_warps, table_memory, raw_ahead, prefetch)
 
     @classmethod
     def from_encoded(cls, encoded: Sequence[EncodedTensor], device="cuda", *,
                      names: Sequence[str] | None = None, groups_per_program: int = 4,
-                     num_warps: int = 4, table_memory: str = DEFAULT_TABLE_MEMORY,
-                     raw_ahead: int = RAW_AHEAD) -> DeviceBlockDecoder:
+                     num_warps: int = 4, table_memory: str | None = None,
+                     raw_ahead: int | None = None, prefetch: str | None = None
+                     ) -> DeviceBlockDecoder:
         """Build on the host and upload each concatenated buffer once."""
         encoded = list(encoded)
         names = list(names) if names is not None else [None] * len(encoded)
@@ -730,21 +842,16 @@ class DeviceBlockDecoder:
             else:
                 items.append((nm, enc.dtype, tuple(enc.shape), enc.geometry,
                               _host_parts(enc, f"tensor {nm!r}" if nm else "tensor"), None))
-        self._build(items, groups_per_program, num_warps, table_memory, raw_ahead)
+        self._build(items, groups_per_program, num_warps, table_memory, raw_ahead, prefetch)
         return self
 
-    def _build(self, items, groups_per_program: int, num_warps: int, table_memory: str,
-               raw_ahead: int) -> None:
+    def _build(self, items, groups_per_program: int, num_warps: int, table_memory: str | None,
+               raw_ahead: int | None, prefetch: str | None) -> None:
         if groups_per_program < 1 or groups_per_program & (groups_per_program - 1):
             raise UnsupportedError(f"groups_per_program must be a power of two, got {groups_per_program}")
-        _check_table_memory(table_memory)
+        build = resolve_build(table_memory, prefetch, raw_ahead)
         self.groups_per_program = groups_per_program
         self.num_warps = num_warps
-        if not 1 <= raw_ahead <= 32 or raw_ahead & (raw_ahead - 1):
-            raise DecoderArgumentError(f"raw_ahead must be a power of two from 1 to 32, "
-                                       f"got {raw_ahead}")
-        self.raw_ahead = raw_ahead
-        self.table_memory = table_memory
         self.names = [it[0] for it in items]
         self.dtypes = [it[1] for it in items]
         self.shapes = [it[2] for it in items]
@@ -794,6 +901,8 @@ class DeviceBlockDecoder:
             out_at += -(-g.count * itemsize // SLOT_ALIGN) * SLOT_ALIGN
         self.out_nbytes = max(out_at, SLOT_ALIGN)
         self.programs = len(rows)
+        self.build = _resolve_prefetch(build, sum(r[DESC_GROUPS] for r in rows) * LANES,
+                                       self.device)
         dev = self.device
 
         def joined(parts_list, dtype):
@@ -814,6 +923,18 @@ class DeviceBlockDecoder:
         self._views: tuple[int, list[torch.Tensor]] | None = None
 
     @property
+    def table_memory(self) -> str:
+        return self.build.table_memory
+
+    @property
+    def prefetch(self) -> str:
+        return self.build.prefetch
+
+    @property
+    def raw_ahead(self) -> int:
+        return self.build.raw_ahead
+
+    @property
     def nbytes(self) -> int:
         """Device memory of the coded block (descriptors included)."""
         bufs = [self.table, self.lane_bits, self.payload, self.raw, self.desc,
@@ -826,12 +947,11 @@ class DeviceBlockDecoder:
     def _launch(self, out: torch.Tensor) -> None:
         if self.programs == 0:
             return
-        _check_table_memory(self.table_memory)
+        resolve_build(*self.build)          # TRITON_INTERPRET is read at launch
         kernel = _kernel("decode")
         kernel[(self.programs,)](
             self.desc, self.table, self.lane_bits, self.payload, self.raw, out, self.errors,
-            **kernel_constants(self.groups_per_program, self.num_warps, self.table_memory,
-                               self.raw_ahead),
+            **kernel_constants(self.groups_per_program, self.num_warps, self.build),
             num_warps=self.num_warps)
 
     def decode(self, out: torch.Tensor | None = None) -> list[torch.Tensor]:
