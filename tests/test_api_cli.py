@@ -122,6 +122,34 @@ def test_cli_compress_decompress_info(tmp_path, small_checkpoint):
     assert "layer.0.weight" in out and "ratio" in out and "bound" in out
 
 
+def test_lane_symbols_option(tmp_path, small_checkpoint, capsys):
+    """Shorter lanes: more of them in the file, a few more bytes, the same
+    bytes back; out-of-range values are refused before any output exists."""
+    default, short = tmp_path / "d.fz.safetensors", tmp_path / "s.fz.safetensors"
+    floatzip.compress(small_checkpoint, default)
+    assert main(["compress", str(small_checkpoint), str(short), "--lane-symbols", "16",
+                 "-q"]) == 0
+    with floatzip.safe_open(default) as d, floatzip.safe_open(short) as s:
+        tans = [n for n in d.keys() if d.get_encoded(n).geometry is not None]
+        assert tans
+        for name in tans:
+            a, b = d.get_encoded(name).geometry, s.get_encoded(name).geometry
+            assert a.lane_symbols == min(1024, -(-a.count // 32)) and b.lane_symbols == 16
+            assert b.lanes > a.lanes
+    assert short.stat().st_size > default.stat().st_size
+    restored = tmp_path / "r.safetensors"
+    floatzip.decompress(short, restored)
+    assert restored.read_bytes() == small_checkpoint.read_bytes()
+    for bad in (0, 4097, 2.5, True):
+        with pytest.raises(floatzip.UnsupportedError, match="lane_symbols must be .* 1 to 4096"):
+            floatzip.compress(small_checkpoint, tmp_path / "bad.fz", lane_symbols=bad)
+        assert not (tmp_path / "bad.fz").exists()
+    capsys.readouterr()
+    assert main(["compress", str(small_checkpoint), str(tmp_path / "x"), "--lane-symbols",
+                 "0"]) == 2
+    assert "lane_symbols must be" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("command", ["decompress", "info"])
 def test_cli_rejects_plain_safetensors_without_traceback(tmp_path, small_checkpoint, command):
     args = [command, small_checkpoint] + ([tmp_path / "out"] if command == "decompress" else [])

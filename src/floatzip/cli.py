@@ -5,6 +5,7 @@ import argparse
 import sys
 import time
 
+from .codecs.model import DEFAULT_LANE_SYMBOLS
 from .errors import FloatzipError
 
 
@@ -32,7 +33,8 @@ def cmd_compress(args) -> int:
     from . import api
     t0 = time.perf_counter()
     s = api.compress(args.src, args.dst, workers=args.workers, backend=args.backend,
-                     progress=not args.quiet and sys.stderr.isatty(), overwrite=args.force)
+                     progress=not args.quiet and sys.stderr.isatty(), overwrite=args.force,
+                     lane_symbols=args.lane_symbols)
     dt = time.perf_counter() - t0
     print(f"{args.src} -> {args.dst}: {_human(s['original_bytes'])} -> "
           f"{_human(s['compressed_bytes'])} (ratio {s['compressed_bytes'] / max(s['original_bytes'], 1):.4f}) "
@@ -94,6 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("dst")
         _output_args(p)
         _workers_arg(p)
+        if name == "compress":
+            p.add_argument("--lane-symbols", type=int, default=DEFAULT_LANE_SYMBOLS,
+                           metavar="K",
+                           help=f"symbols per lane, 1..4096 (default {DEFAULT_LANE_SYMBOLS}); "
+                                "fewer give a GPU more lanes to decode at once: 256 costs "
+                                "~0.6%% more bytes")
         p.set_defaults(func=func)
 
     p = sub.add_parser("verify", help="exit 0 only if COMPRESSED restores ORIGINAL bit for bit")

@@ -11,9 +11,9 @@ import xxhash
 
 from .. import backends
 from ..dtypes import FLOAT_LAYOUTS, ITEMSIZE
-from ..errors import CorruptDataError
+from ..errors import CorruptDataError, UnsupportedError
 from . import model
-from .layout import LANES, CodedGeometry
+from .layout import LANES, MAX_LANE_SYMBOLS, CodedGeometry
 
 CODEC_TANS = "tans"
 CODEC_RAW = "raw"
@@ -45,10 +45,20 @@ def checksum(data: np.ndarray) -> int:
     return xxhash.xxh3_64_intdigest(np.ascontiguousarray(data).view(np.uint8).data)
 
 
+def check_lane_symbols(lane_symbols) -> None:
+    if isinstance(lane_symbols, bool) or not isinstance(lane_symbols, (int, np.integer)) \
+            or not 1 <= lane_symbols <= MAX_LANE_SYMBOLS:
+        raise UnsupportedError(f"lane_symbols must be an integer from 1 to {MAX_LANE_SYMBOLS} "
+                               f"(default {model.DEFAULT_LANE_SYMBOLS}), got {lane_symbols!r}")
+
+
 def encode_tensor(data: np.ndarray, dtype: str, shape, *, backend=None, workers: int = 1,
                   table_log: int = model.DEFAULT_TABLE_LOG,
                   lane_symbols: int = model.DEFAULT_LANE_SYMBOLS) -> EncodedTensor:
-    """Encode one tensor given as its little-endian bytes (uint8, any shape)."""
+    """Encode one tensor given as its little-endian bytes (uint8, any shape).
+    ``lane_symbols`` is the symbols per lane (format field K): fewer give a
+    GPU more lanes to decode in parallel, for 4 bytes more per lane."""
+    check_lane_symbols(lane_symbols)
     raw_bytes = np.ascontiguousarray(data).reshape(-1).view(np.uint8)
     shape = tuple(int(d) for d in shape)
     digest = checksum(raw_bytes)
