@@ -539,7 +539,10 @@ def token_latency():
                 graph.replay()
                 sync()
                 if not torch.equal(out, ref):
-                    log("graph replay differs from eager (unexpected)")
+                    # Seen at batch 8 on BF16 and floatzip weights alike:
+                    # torch can pick other matmul kernels under capture.
+                    log(f"batch {batch}, {'floatzip' if compressed else 'BF16'} weights: "
+                        "graph replay differs from eager")
                 graph_ms = bench_ms(graph.replay)
                 del graph
             except Exception as exc:
