@@ -14,7 +14,8 @@ Stages (each one catches its own errors, prints them and lets the rest run):
   2. decode  decode throughput (output bytes / median time, triton.testing.do_bench,
              which flushes L2 between runs) per matrix and for the whole block in
              one launch, for two kernel shapes and each build in BUILDS (table
-             through L1 or in shared memory, prefetching or not; the best also
+             through L1 or in shared memory, prefetching or not, payload words
+             staged through a FIFO or not; the best also
              with 16 raw rows in flight), every timed decode checked byte for
              byte, next to a device-to-device copy of the same output size (the
              practical ceiling). A launch has only as
@@ -37,6 +38,7 @@ import os
 import sys
 import time
 import traceback
+from typing import NamedTuple
 
 import numpy as np
 
@@ -119,17 +121,35 @@ BLOCK = {
 # (4, 2), (8, 4) and (16, 4) were slower than these on an H200 and Triton 3.6
 # takes ~7 s to compile each build, so they are left out.
 SHAPES = [(64, 4)] if SMOKE else [(1, 1), (4, 4)]
-# Kernel builds (table memory, prefetch): the decode tables read through L1
-# or from shared memory, payload and raw rows prefetched into L1, L2 or not.
-# Inline PTX (all but the first) runs on CUDA only, so not in a --smoke run.
-# Stages 1 and 2 run them with RAW_AHEAD rows in flight (compiled once for
-# both); a ring of 16 compiles ~4x slower and is tried on the best only.
-BUILDS = [b for b in (("global", "none"), ("shared", "none"), ("global", "L1"),
-                      ("shared", "L1"), ("shared", "L2"))
-          if b == ("global", "none") or CUDA]
-# (groups, warps, table memory, raw rows in flight, prefetch); the best of
-# these per matrix is then tried with other ring depths.
-CONFIGS = [(g, w, m, td.RAW_AHEAD, p) for m, p in BUILDS for g, w in SHAPES]
+# Kernel builds (table memory, prefetch, staging): the decode tables read
+# through L1 or from shared memory; payload and raw rows prefetched into L2
+# or not; payload words staged through a FIFO in shared memory filled by
+# cp.async or not (td.STAGINGS). Inline PTX (all but the plain build) runs
+# on CUDA only, so not in a --smoke run. The table through L1 with
+# prefetching, and prefetching into L1, lost to these in earlier runs (L1
+# and L2 prefetch tie) and are left out. Stages 1 and 2 run them with
+# RAW_AHEAD rows in flight (compiled once for both); a ring of 16 compiles
+# ~4x slower and is tried on the best only.
+BUILDS = [b for b in (("global", "none", "none"), ("shared", "none", "none"),
+                      ("shared", "L2", "none"), ("shared", "none", "async"),
+                      ("shared", "L2", "async"))
+          if "shared" not in b or CUDA]
+# Stage 1 also verifies the staging logic with plain loads and stores (the
+# build the interpreter checks on the CPU), untimed.
+VERIFY_BUILDS = BUILDS + [("global", "none", "fifo")]
+
+
+class Config(NamedTuple):
+    groups: int
+    warps: int
+    memory: str
+    raw_ahead: int
+    prefetch: str
+    staging: str
+
+
+# The best of these per matrix is then tried with other ring depths.
+CONFIGS = [Config(g, w, m, td.RAW_AHEAD, p, st) for m, p, st in BUILDS for g, w in SHAPES]
 RAW_AHEADS = [4] if SMOKE else [16]
 LANE_SYMBOLS = 64 if SMOKE else None      # None: the encoder's default (1024)
 WORKERS = os.cpu_count() or 1
@@ -217,7 +237,7 @@ CODED: dict[str, object] = {}          # block tensor name -> DeviceCodedTensor
 def environment():
     gpu = torch.cuda.get_device_name() if CUDA else "none (Triton interpreter on CPU)"
     row("env", "device", gpu, f"torch {torch.__version__}, triton {triton.__version__}; "
-        f"builds: {', '.join(map('-'.join, BUILDS))}")
+        f"builds: {', '.join(map('-'.join, VERIFY_BUILDS))}")
 
 
 def minilm_tensors() -> dict:
@@ -285,16 +305,20 @@ def encode_everything():
 
 # -- stage 1: verification -----------------------------------------------------------
 
-def config_name(groups, warps, memory, raw_ahead=td.RAW_AHEAD, prefetch="none"):
-    return (f"g{groups}w{warps}{'-smem' if memory == 'shared' else ''}"
-            f"{'' if prefetch == 'none' else f'-pf{prefetch}'}"
-            f"{'' if raw_ahead == td.RAW_AHEAD else f'-ahead{raw_ahead}'}")
+def config_name(c: Config) -> str:
+    return (f"g{c.groups}w{c.warps}{'-smem' if c.memory == 'shared' else ''}"
+            f"{'' if c.prefetch == 'none' else f'-pf{c.prefetch}'}"
+            f"{'' if c.staging == 'none' else f'-{c.staging}'}"
+            f"{'' if c.raw_ahead == td.RAW_AHEAD else f'-ahead{c.raw_ahead}'}")
 
 
-def block_decoder(tensors, config):
-    groups, warps, memory, raw_ahead, prefetch = config
-    return td.DeviceBlockDecoder(tensors, groups_per_program=groups, num_warps=warps,
-                                 table_memory=memory, raw_ahead=raw_ahead, prefetch=prefetch)
+def build_options(c: Config) -> dict:
+    return dict(groups_per_program=c.groups, num_warps=c.warps, table_memory=c.memory,
+                raw_ahead=c.raw_ahead, prefetch=c.prefetch, staging=c.staging)
+
+
+def block_decoder(tensors, config: Config):
+    return td.DeviceBlockDecoder(tensors, **build_options(config))
 
 
 @stage("verify", 220)
@@ -305,12 +329,14 @@ def verify_minilm():
     encs = [MINILM[n][1] for n in names]
     originals = [MINILM[n][0] for n in names]
     bad = []
-    for memory, prefetch in BUILDS:
+    for build in VERIFY_BUILDS:
+        memory, prefetch, staging = build
         dec = td.DeviceBlockDecoder.from_encoded(encs, DEVICE, names=names, table_memory=memory,
-                                                 prefetch=prefetch, raw_ahead=td.RAW_AHEAD)
+                                                 prefetch=prefetch, staging=staging,
+                                                 raw_ahead=td.RAW_AHEAD)
         outs = dec.decode()
         dec.check()
-        bad += [f"{n} ({memory}-{prefetch})" for n, o, ref in zip(names, outs, originals)
+        bad += [f"{n} ({'-'.join(build)})" for n, o, ref in zip(names, outs, originals)
                 if not np.array_equal(as_bytes(o).cpu().numpy(), ref)]
     # The CPU reference decoder on the same coded data, for the record.
     ref_bad = [n for n, e, ref in zip(names, encs, originals)
@@ -320,7 +346,7 @@ def verify_minilm():
     orig = sum(r.nbytes for r in originals)
     ok = not bad and not ref_bad
     row("verify", f"MiniLM as BF16: {len(encs)} tensors ({tans_n} tans), {values:,} values, "
-        f"one launch per build ({len(BUILDS)})",
+        f"one launch per build ({len(VERIFY_BUILDS)})",
         "bit-exact" if ok else f"MISMATCH in {len(bad)} (ref {len(ref_bad)})",
         "; ".join([f"on device {dec.nbytes / orig:.3f} of BF16 (tables included)"]
                   + (bad + ref_bad)[:3]))
@@ -332,14 +358,15 @@ def verify_llama_block():
     for n in names:
         CODED[n] = td.DeviceCodedTensor(ENCODED[n], DEVICE, name=n)
     bad = []
-    for memory, prefetch in BUILDS:
+    for build in VERIFY_BUILDS:
+        memory, prefetch, staging = build
         dec = td.DeviceBlockDecoder([CODED[n] for n in names], table_memory=memory,
-                                    prefetch=prefetch, raw_ahead=td.RAW_AHEAD)
+                                    prefetch=prefetch, staging=staging, raw_ahead=td.RAW_AHEAD)
         out = dec.new_output()
         out.fill_(0xA5)                         # poison: every byte must be written
         outs = dec.decode(out)
         dec.check()
-        bad += [f"{n} ({memory}-{prefetch})" for n in mismatches(names, outs)]
+        bad += [f"{n} ({'-'.join(build)})" for n in mismatches(names, outs)]
     # The CPU reference decoder agrees with the originals on the smallest matrix.
     small = ENCODED["k_proj"]
     ref_ok = np.array_equal(decode_tensor(small, backend="numpy"),
@@ -347,7 +374,7 @@ def verify_llama_block():
     values = sum(math.prod(s) for s in BLOCK.values())
     orig = values * 2
     row("verify", f"Llama-3-8B-shaped BF16 block, N(0,0.02): 9 tensors, {values:,} values, "
-        f"one launch per build ({len(BUILDS)})",
+        f"one launch per build ({len(VERIFY_BUILDS)})",
         "bit-exact" if not bad and ref_ok else f"MISMATCH: {bad} ref_ok={ref_ok}",
         f"coded on device: {dec.nbytes / orig:.3f} of BF16 ({dec.nbytes / 1e6:.0f} MB)")
 
@@ -385,7 +412,7 @@ def decode_throughput():
             # Every build timed is also checked (the views hold the last timed
             # decode): the fastest becomes a default.
             bad = mismatches(names, outs)
-            notes.append(f"{config_name(*config)} {out_bytes / ms / 1e6:,.0f}"
+            notes.append(f"{config_name(config)} {out_bytes / ms / 1e6:,.0f}"
                          + (f" MISMATCH {bad}" if bad else ""))
             return (ms if not bad else math.inf), config
 
@@ -393,8 +420,7 @@ def decode_throughput():
             result = trial(config)
             best = result if best is None else min(best, result)
         for raw_ahead in RAW_AHEADS:
-            groups, warps, memory, _, prefetch = best[1]
-            best = min(best, trial((groups, warps, memory, raw_ahead, prefetch)))
+            best = min(best, trial(best[1]._replace(raw_ahead=raw_ahead)))
         ms, config = best
         lanes = sum(e.geometry.lanes for e in encs if e.codec == CODEC_TANS)
         # A lane's symbols are decoded one after another: the time of a step
@@ -405,16 +431,17 @@ def decode_throughput():
             f"{fmt_gbs(out_bytes, ms)} ({ms * 1e3:,.0f} us)",
             f"copy of the same {out_bytes / 1e6:,.0f} MB: {fmt_gbs(out_bytes, copy_ms)} "
             f"({ms and copy_ms / ms:.0%} of it); {ms * 1e6 / steps:,.0f} ns a step; "
-            f"best {config_name(*config)}; all GB/s: {', '.join(notes)}")
+            f"best {config_name(config)}; all GB/s: {', '.join(notes)}")
         BEST_BY_LABEL[label.split(" ")[0] if not label.startswith("whole") else "whole block"] = \
             config
         if label.startswith("whole"):
-            BEST_CONFIG[:] = config
+            BEST_CONFIG[0] = config
 
 
 _DEFAULT = td.resolve_build()       # the default build where this runs
-BEST_CONFIG = [4, 4, _DEFAULT.table_memory, _DEFAULT.raw_ahead, _DEFAULT.prefetch]
-BEST_BY_LABEL: dict[str, tuple[int, int, str, int, str]] = {}
+BEST_CONFIG = [Config(4, 4, _DEFAULT.table_memory, _DEFAULT.raw_ahead, _DEFAULT.prefetch,
+                      _DEFAULT.staging)]
+BEST_BY_LABEL: dict[str, Config] = {}
 
 
 @stage("decode", 280)
@@ -436,12 +463,9 @@ def decode_short_lanes():
                                                  backend=ENCODER, workers=WORKERS,
                                                  lane_symbols=alt)
             encs.append(dataclasses.replace(recoded[e.count], shape=e.shape))
-        config = BEST_BY_LABEL.get(label, tuple(BEST_CONFIG))
-        groups, warps, memory, raw_ahead, prefetch = config
+        config = BEST_BY_LABEL.get(label, BEST_CONFIG[0])
         dec = td.DeviceBlockDecoder.from_encoded(encs, DEVICE, names=names,
-                                                 groups_per_program=groups, num_warps=warps,
-                                                 table_memory=memory, raw_ahead=raw_ahead,
-                                                 prefetch=prefetch)
+                                                 **build_options(config))
         out = dec.new_output()
         outs = dec.decode(out)
         dec.check()
@@ -455,7 +479,7 @@ def decode_short_lanes():
         row("decode", f"{label} with lane_symbols={alt}: {lanes:,} lanes",
             f"{fmt_gbs(out_bytes, ms)} ({ms * 1e3:,.0f} us)",
             f"{'bit-exact' if exact else 'MISMATCH'}; coded size {alt_bytes / out_bytes:.4f} of BF16 "
-            f"vs {default_bytes / out_bytes:.4f} at the default; {config_name(*config)}")
+            f"vs {default_bytes / out_bytes:.4f} at the default; {config_name(config)}")
 
 
 # -- stage 3: latency ------------------------------------------------------------------
@@ -502,7 +526,7 @@ def token_latency():
         plain.append(w)
     # Compressed model: one coded block per layer (the same coded data,
     # copied per layer so that each layer reads its own bytes).
-    decoders = [block_decoder([CODED[n] for n in names], tuple(BEST_CONFIG))
+    decoders = [block_decoder([CODED[n] for n in names], BEST_CONFIG[0])
                 for _ in range(layers)]
     shared_out = decoders[0].new_output()
     plain_bytes = sum(t.numel() * 2 for t in plain[0].values())
@@ -567,7 +591,18 @@ def token_latency():
             "; ".join(notes))
     dec_ms = bench_ms(lambda: decoders[0].decode(shared_out))
     row("latency", "decode of one block alone (in the model's buffer)", f"{dec_ms * 1e3:,.0f} us",
-        f"x32 = {dec_ms * 32:.2f} ms/token spent decoding; {config_name(*BEST_CONFIG)}")
+        f"x32 = {dec_ms * 32:.2f} ms/token spent decoding; {config_name(BEST_CONFIG[0])}")
+    # Eager generation waits on the host: what one decode costs the host
+    # (argument checks, Triton's launch path), launches queued back to back.
+    sync()
+    calls = 200
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        decoders[0].decode(shared_out)
+    host_us = (time.perf_counter() - t0) / calls * 1e6
+    sync()
+    row("latency", "host time of one block decode call", f"{host_us:,.0f} us",
+        f"x32 = {host_us * 32 / 1e3:.2f} ms/token of host time; {calls} calls without waiting")
 
 
 # -- main ------------------------------------------------------------------------

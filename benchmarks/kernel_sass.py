@@ -5,8 +5,9 @@ without a GPU: the static half of the decoder's speed.
 
 Builds the decode kernel for sm_<capability> in the builds BUILDS names
 (decode tables read through L1 or from shared memory, 8 or 16 raw rows in
-flight, prefetching or not; the last two are what a GPU launches by
-default) and the kernel shape the block decoder uses by default (4 groups
+flight, prefetching or not, payload words staged through a cp.async FIFO
+or not; the third and fourth are what a GPU launches by default) and the
+kernel shape the block decoder uses by default (4 groups
 of 32 lanes, 4 warps), disassembles
 it with the cuobjdump that ships in Triton's wheel, and counts the SASS
 instructions of each decode loop per decoded value. A warp decodes 32
@@ -33,9 +34,10 @@ from floatzip.backends import triton_build  # noqa: E402
 from floatzip.backends import triton_decode as td  # noqa: E402
 
 H200_ISSUE_PER_S = 132 * 4 * 1.98e9
-# (table memory, prefetch, raw rows in flight)
-BUILDS = [("global", "none", 8), ("shared", "none", 8), ("shared", "none", 16),
-          ("shared", td.AUTO_PREFETCH, 16)]
+# (table memory, prefetch, raw rows in flight, staging)
+BUILDS = [("global", "none", 8, "none"), ("shared", "none", 8, "none"),
+          ("shared", "none", 16, "none"), ("shared", td.AUTO_PREFETCH, 16, "none"),
+          ("shared", "none", 16, "async"), ("shared", td.AUTO_PREFETCH, 16, "async")]
 STORE_BYTES = {"STG.E.U8": 1, "STG.E.U16": 2, "STG.E": 4}
 
 
@@ -58,14 +60,16 @@ def main() -> None:
     if triton_build.cuda_tool("cuobjdump") is None:
         sys.exit("this Triton wheel ships no cuobjdump")
 
+    import triton
     lines = [f"Decode kernel, sm_{args.capability}, {args.groups} groups a program, "
-             f"{args.warps} warps (static SASS counts; the ceiling is a model, not a timing)", "",
-             "| table memory | prefetch | raw rows in flight | value bytes | loop | "
+             f"{args.warps} warps, Triton {triton.__version__} (static SASS counts; the "
+             "ceiling is a model, not a timing)", "",
+             "| table memory | prefetch | raw rows in flight | staging | value bytes | loop | "
              "SASS instr / value step | registers | issue-bound ceiling, H200 |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for memory, prefetch, raw_ahead in BUILDS:
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for memory, prefetch, raw_ahead, staging in BUILDS:
         compiled = triton_build.compile_decoder(args.capability, args.groups, args.warps, memory,
-                                                raw_ahead, prefetch)
+                                                raw_ahead, prefetch, staging)
         cubin = compiled.asm["cubin"]
         usage = triton_build.resource_usage(cubin)
         regs = re.search(r"REG:(\d+)", usage).group(1)
@@ -75,7 +79,7 @@ def main() -> None:
             nbytes = store_width(loop)
             ceiling = H200_ISSUE_PER_S * 32 * nbytes / per_step
             kind = f"unmasked, {steps} steps an iteration" if steps > 1 else "masked (tails)"
-            lines.append(f"| {memory} | {prefetch} | {raw_ahead} | {nbytes} | {kind} | "
+            lines.append(f"| {memory} | {prefetch} | {raw_ahead} | {staging} | {nbytes} | {kind} | "
                          f"{per_step:.1f} | {regs} | "
                          f"{ceiling / 1e12:.2f} TB/s |")
     table = "\n".join(lines)

@@ -45,8 +45,14 @@ from floatzip.errors import (  # noqa: E402
 # Many groups per program: the interpreter's cost is per step, not per lane.
 # A GPU compiles one thread per lane: there, a launch shape it is built for.
 WIDE = 4 if torch.cuda.is_available() else 64
-# Every (table_memory, prefetch) build of the kernel.
-ALL_BUILDS = [(m, p) for m in td.TABLE_MEMORIES for p in td.PREFETCHES]
+# Every (table_memory, prefetch, staging) build of the kernel: each table
+# memory with each prefetch, and the staged payloads, alone and with the
+# best of those (shared table, prefetch of raw rows).
+ALL_BUILDS = ([(m, p, "none") for m in td.TABLE_MEMORIES for p in td.PREFETCHES]
+              + [("global", "none", "fifo"), ("global", "none", "async"),
+                 ("shared", "none", "async"), ("shared", "L2", "async")])
+# What the interpreter runs: no inline PTX.
+INTERPRETED_BUILDS = [("global", "none", "none"), ("global", "none", "fifo")]
 
 
 @pytest.fixture
@@ -103,16 +109,17 @@ def device_bytes(t: torch.Tensor) -> np.ndarray:
     return t.detach().contiguous().view(-1).view(torch.uint8).cpu().numpy()
 
 
-def builds(device) -> list[tuple[str, str]]:
-    """The (table_memory, prefetch) builds a device runs: those with inline
-    PTX (shared-memory table, prefetches) on a GPU only."""
-    return ALL_BUILDS if device == "cuda" else [("global", "none")]
+def builds(device) -> list[tuple[str, str, str]]:
+    """The (table_memory, prefetch, staging) builds a device runs: those
+    with inline PTX (shared-memory table, prefetches, cp.async) on a GPU
+    only."""
+    return ALL_BUILDS if device == "cuda" else INTERPRETED_BUILDS
 
 
 def block_decoder(encoded, device, build, **kw) -> td.DeviceBlockDecoder:
-    table_memory, prefetch = build
+    table_memory, prefetch, staging = build
     return td.DeviceBlockDecoder.from_encoded(encoded, device, table_memory=table_memory,
-                                              prefetch=prefetch, **kw)
+                                              prefetch=prefetch, staging=staging, **kw)
 
 
 def assert_decodes(enc: EncodedTensor, device, groups_per_program=WIDE, **kw):
@@ -343,7 +350,8 @@ def test_worst_lane_stays_inside_the_buffers(device, monkeypatch, groups_per_pro
     given to the lane before), so it reads its full 12 * (K + 1) bits and
     its look-ahead word from the slack. The interpreter does no bounds
     checks itself, so its loads and stores are watched. With 8 groups a
-    program, the program runs unmasked steps first."""
+    program, the program runs unmasked steps first, where the "fifo" build
+    asks for words FIFO_AHEAD past its look-ahead word."""
     if device != "cpu":
         pytest.skip("watches the interpreter's memory accesses")
     from triton.runtime import interpreter
@@ -360,12 +368,6 @@ def test_worst_lane_stays_inside_the_buffers(device, monkeypatch, groups_per_pro
     sizes[-1] = 0
     bad = EncodedTensor(enc.dtype, enc.shape, CODEC_TANS, enc.checksum, enc.geometry,
                         enc.counts, sizes, enc.payload, enc.raw)
-    dec = td.DeviceBlockDecoder.from_encoded([bad], device, groups_per_program=groups_per_program)
-    unmasked = dec.desc[:, td.DESC_MIN_STEPS] >= 2 * td.RAW_AHEAD
-    assert unmasked.any() == (groups_per_program == 8)
-    out = dec.new_output()
-    buffers = [dec.desc, dec.table, dec.lane_bits, dec.payload, dec.raw, out, dec.errors]
-    spans = [(b.data_ptr(), b.data_ptr() + b.numel() * b.element_size()) for b in buffers]
     outside = []
 
     def watch(ptrs, mask):
@@ -386,10 +388,18 @@ def test_worst_lane_stays_inside_the_buffers(device, monkeypatch, groups_per_pro
 
     monkeypatch.setattr(interpreter.InterpreterBuilder, "create_masked_load", watched_load)
     monkeypatch.setattr(interpreter.InterpreterBuilder, "create_masked_store", watched_store)
-    dec.decode(out)
-    assert not outside, f"{len(outside)} loads or stores leave the buffers"
-    with pytest.raises(CorruptDataError):
-        dec.check()
+    for build in INTERPRETED_BUILDS:
+        dec = block_decoder([bad], device, build, groups_per_program=groups_per_program)
+        unmasked = dec.desc[:, td.DESC_MIN_STEPS] >= 2 * td.RAW_AHEAD
+        assert unmasked.any() == (groups_per_program == 8)
+        out = dec.new_output()
+        buffers = [dec.desc, dec.table, dec.lane_bits, dec.payload, dec.raw, out, dec.errors,
+                   dec.fifo]
+        spans = [(b.data_ptr(), b.data_ptr() + b.numel() * b.element_size()) for b in buffers]
+        dec.decode(out)
+        assert not outside, f"{build}: {len(outside)} loads or stores leave the buffers"
+        with pytest.raises(CorruptDataError):
+            dec.check()
 
 
 # -- host-side checks ------------------------------------------------------
@@ -416,13 +426,17 @@ def test_inline_ptx_builds_need_a_gpu(monkeypatch):
         td.DeviceBlockDecoder.from_encoded([enc], "cpu", table_memory="shared")
     with pytest.raises(UnsupportedError, match="prefetch='L2'.*TRITON_INTERPRET"):
         td.DeviceBlockDecoder.from_encoded([enc], "cpu", prefetch="L2")
+    with pytest.raises(UnsupportedError, match="staging='async'.*TRITON_INTERPRET"):
+        td.DeviceBlockDecoder.from_encoded([enc], "cpu", staging="async")
     dec = td.DeviceBlockDecoder.from_encoded([enc], "cpu")
-    assert (dec.table_memory, dec.prefetch) == ("global", "none")
+    assert (dec.table_memory, dec.prefetch, dec.staging) == ("global", "none", "none")
     assert td.resolve_build(interpreted=False) == td.CUDA_BUILD
     with pytest.raises(DecoderArgumentError, match="table_memory"):
         td.DeviceBlockDecoder.from_encoded([enc], "cpu", table_memory="texture")
     with pytest.raises(DecoderArgumentError, match="prefetch"):
         td.DeviceBlockDecoder.from_encoded([enc], "cpu", prefetch="L3")
+    with pytest.raises(DecoderArgumentError, match="staging"):
+        td.DeviceBlockDecoder.from_encoded([enc], "cpu", staging="tma")
 
 
 def test_auto_prefetch_follows_the_launch_size(monkeypatch):
@@ -484,6 +498,35 @@ def test_a_table_that_leaves_itself_is_rejected(device, monkeypatch):
         td.DeviceCodedTensor(enc, device, name="w")
 
 
+def test_staged_words_are_asked_for_early_enough():
+    """The "async" build reads a FIFO word FIFO_AHEAD word moves after it
+    asked for it, and by then has waited for every copy group but the
+    FIFO_WAIT newest (one group a step). Walk a lane that moves as fast as
+    the format allows (12 bits a step) from every bit it can enter a word
+    at: FIFO_AHEAD moves never take fewer than FIFO_MIN_STEPS steps, so
+    the copy has landed when it is read. The
+    FIFO holds the word read and the FIFO_AHEAD asked for after it."""
+    ahead = td.FIFO_AHEAD.value
+    fewest = None
+    for entered_at in range(tans.MAX_TABLE_LOG):      # bit a lane enters a word at
+        pos, steps, moves = entered_at, 0, 0
+        while moves < ahead:
+            pos += tans.MAX_TABLE_LOG
+            steps += 1
+            if pos >= 32:
+                pos -= 32
+                moves += 1
+        fewest = steps if fewest is None else min(fewest, steps)
+    assert fewest == td.FIFO_MIN_STEPS
+    # Asked for in step s (its group committed at the end of s), read in
+    # step s + FIFO_MIN_STEPS at the earliest, after the wait at the end of
+    # the step before, where the group of step s is the FIFO_MIN_STEPS-th
+    # newest: complete if more than FIFO_WAIT.
+    assert td.FIFO_MIN_STEPS > td.FIFO_WAIT
+    assert td.FIFO_SLOTS.value >= ahead + 1
+    assert td.FIFO_SLOTS.value & (td.FIFO_SLOTS.value - 1) == 0
+
+
 def test_descriptor_columns_match_the_kernel():
     """The kernel reads descriptor columns by number; each read is tagged
     with the DESC_* name whose value it must equal."""
@@ -503,10 +546,12 @@ def assert_compiles(capability, groups, num_warps, build):
     """The kernel compiles to machine code with no spills to local memory;
     the shared build reads its table from shared memory and waits for it
     once, outside the loops; the prefetching builds prefetch two lines a
-    step in the unmasked loops and none in the masked ones."""
-    table_memory, prefetch, raw_ahead = build
+    step in the unmasked loops (one with a staged payload) and none in the
+    masked ones; the "async" build copies, commits and waits once a step
+    in the unmasked loops, and reads its FIFO from shared memory."""
+    table_memory, prefetch, raw_ahead, staging = build
     compiled = triton_build.compile_decoder(capability, groups, num_warps, table_memory,
-                                            raw_ahead, prefetch)
+                                            raw_ahead, prefetch, staging)
     if prefetch == "auto":
         prefetch = td.AUTO_PREFETCH      # what a launch small enough gets
     cubin, ptx = compiled.asm["cubin"], compiled.asm["ptx"]
@@ -515,23 +560,37 @@ def assert_compiles(capability, groups, num_warps, build):
         # Declared once, filled, read: the inline PTX survived.
         assert ptx.count("floatzip_decode_table[16384]") == 1
         assert "st.shared.u32" in ptx and "ld.shared.u32" in ptx
-    # Two a step of the unmasked loops, for each output width.
-    assert ptx.count("prefetch.global.") == (prefetch != "none") * 2 * raw_ahead * 3
+    staged = staging != "none"
+    fifo_bytes = 4 * td.FIFO_SLOTS.value * 32 * groups
+    assert ptx.count(f"floatzip_payload_fifo[{fifo_bytes}]") == (staging == "async")
+    # Per step of the unmasked loops, for each output width (and the
+    # copies that fill the FIFO before them).
+    steps = raw_ahead * 3
+    assert ptx.count("prefetch.global.") == (prefetch != "none") * (2 - staged) * steps
     assert ptx.count(f"prefetch.global.{prefetch}") == ptx.count("prefetch.global.")
+    async_copies = (staging == "async") * (steps + td.FIFO_AHEAD.value)
+    assert ptx.count("cp.async.ca.shared.global") == async_copies
+    assert ptx.count(f"cp.async.wait_group {td.FIFO_WAIT};") == (staging == "async") * steps
     if triton_build.cuda_tool("cuobjdump") is None:
         return
     assert "LOCAL:0" in triton_build.resource_usage(cubin)
     loops = triton_build.decode_loops(triton_build.sass(cubin))
     assert len(loops) == 6          # per output width: unmasked, masked
     for i, loop in enumerate(loops):
-        stores = sum("STG" in op for op in loop)
-        # One shared-memory table read per symbol stored.
-        table_reads = sum("LDS" in op for op in loop)
-        assert table_reads == (table_memory == "shared") * stores
-        assert not any("BAR" in op for op in loop), loop
         unmasked = i % 2 == 0
+        # Stores of values (the "fifo" build also stores to its FIFOs).
+        stores = sum("STG" in op for op in loop) // (1 + (staging == "fifo" and unmasked))
+        # One shared-memory table read per symbol stored, and one FIFO read
+        # ("@!PT LDS" are the no-ops ptxas puts before LDGSTS).
+        shared_reads = sum("LDS" in op and "@!PT" not in op for op in loop)
+        fifo_reads = (staging == "async" and unmasked)
+        assert shared_reads == ((table_memory == "shared") + fifo_reads) * stores
+        assert not any(" BAR" in op or op.startswith("BAR") for op in loop), loop
+        copies = sum("LDGSTS" in op for op in loop)
+        waits = sum(f"DEPBAR.LE SB0, {hex(td.FIFO_WAIT)}" in op for op in loop)
+        assert copies == waits == fifo_reads * stores
         prefetches = sum("CCTL" in op for op in loop)
-        assert prefetches == (prefetch != "none" and unmasked) * 2 * stores
+        assert prefetches == (prefetch != "none" and unmasked) * (2 - staged) * stores
 
 
 needs_nvidia_backend = pytest.mark.skipif("nvidia" not in triton.backends.backends,
@@ -547,9 +606,11 @@ def test_compiles_for(capability, build):
     ring of 16 takes ~4x as long to compile): every launch shape of the
     table builds without prefetch, one for the others."""
     assert set(td.KERNELS) == {"decode"}
-    shapes = ((1, 1), (2, 1), (4, 4)) if build[1] == "none" else ((4, 4),)
+    table_memory, prefetch, staging = build
+    shapes = ((1, 1), (2, 1), (4, 4)) if (prefetch, staging) == ("none", "none") else ((4, 4),)
     for groups, num_warps in shapes:
-        assert_compiles(capability, groups, num_warps, (*build, td.RAW_AHEAD))
+        assert_compiles(capability, groups, num_warps,
+                        (table_memory, prefetch, td.RAW_AHEAD, staging))
 
 
 @needs_nvidia_backend

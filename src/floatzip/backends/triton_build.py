@@ -5,12 +5,13 @@ prove that every build of the kernel compiles (tests/test_triton.py) and
 benchmarks/kernel_sass.py can count what one decode step costs in SASS
 instructions, the static half of a GPU timing.
 
-``compile_decoder(capability, groups, num_warps, table_memory, raw_ahead, prefetch)``
+``compile_decoder(capability, groups, num_warps, table_memory, raw_ahead, prefetch, staging)``
     The decode kernel exactly as ``DeviceBlockDecoder`` launches it on a
     CUDA device, for ``sm_<capability>``, with its tables read through L1
     ("global") or from shared memory ("shared"), prefetching into "L1",
-    "L2" or not ("none"); None picks CUDA_BUILD's choice, "auto" compiles
-    the prefetching build. Returns Triton's CompiledKernel
+    "L2" or not ("none"), payload words staged ("fifo", "async") or not
+    ("none"); None picks CUDA_BUILD's choice, "auto" compiles the
+    prefetching build. Returns Triton's CompiledKernel
     (``.asm["ptx"]``, ``.asm["cubin"]``).
 ``cuda_tool(name)``
     Path of cuobjdump / nvdisasm as shipped inside Triton's wheel, or None.
@@ -31,21 +32,22 @@ from . import triton_decode as td
 # The kernel's signature for triton.compile: pointer types, then constexprs.
 SIGNATURE = {
     "desc_ptr": "*i64", "table_ptr": "*i32", "lane_ptr": "*i64", "payload_ptr": "*i32",
-    "raw_ptr": "*i32", "out_ptr": "*u8", "err_ptr": "*i32",
+    "raw_ptr": "*i32", "out_ptr": "*u8", "err_ptr": "*i32", "fifo_ptr": "*i32",
     "DESC_FIELDS": "constexpr", "GROUPS": "constexpr", "SHARED_TABLE": "constexpr",
     "TABLE_FILL": "constexpr", "RAW_AHEAD": "constexpr", "PREFETCH": "constexpr",
-    "PREFETCH_PTX": "constexpr",
+    "PREFETCH_PTX": "constexpr", "STAGING": "constexpr", "FIFO_DECLARE": "constexpr",
 }
 
 
 def compile_decoder(capability: int, groups: int, num_warps: int,
                     table_memory: str | None = None, raw_ahead: int | None = None,
-                    prefetch: str | None = None):
+                    prefetch: str | None = None, staging: str | None = None):
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.runtime.jit import JITFunction
 
-    build = td.resolve_build(table_memory, prefetch, raw_ahead, interpreted=False)
+    build = td.resolve_build(table_memory, prefetch, raw_ahead, interpreted=False,
+                             staging=staging)
     if build.prefetch == "auto":
         build = build._replace(prefetch=td.AUTO_PREFETCH)
     src = triton.compiler.ASTSource(

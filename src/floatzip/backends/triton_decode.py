@@ -17,17 +17,20 @@ Host API
     ``.decode(out=None) -> torch.Tensor`` decodes it (one launch).
 
 ``DeviceBlockDecoder(tensors, *, groups_per_program=4, num_warps=4, table_memory=None,
-raw_ahead=None, prefetch=None)``
+raw_ahead=None, prefetch=None, staging=None)``
     Concatenates the buffers of several DeviceCodedTensors (one transformer
     block, say) once, and builds one descriptor row per program.
-    ``table_memory``, ``prefetch`` and ``raw_ahead`` pick the build of the
-    kernel (``.build``, a KernelBuild): ``table_memory`` "global" reads
+    ``table_memory``, ``prefetch``, ``raw_ahead`` and ``staging`` pick the
+    build of the kernel (``.build``, a KernelBuild): ``table_memory`` "global" reads
     decode tables through L1, "shared" first copies each program's table
     to shared memory and reads it with inline PTX; ``prefetch`` "L1" or
     "L2" prefetches payload words and raw rows into that cache level
     (inline PTX), "none" does not, "auto" does below a launch size;
-    ``raw_ahead`` is how many raw rows each lane keeps in flight. Inline
-    PTX runs on CUDA only; None takes CUDA_BUILD on a GPU and
+    ``raw_ahead`` is how many raw rows each lane keeps in flight;
+    ``staging`` "async" stages payload words through a per-lane FIFO in
+    shared memory filled by cp.async (inline PTX), "fifo" through one in
+    global scratch memory with plain loads and stores, "none" loads them
+    directly (STAGINGS says more). Inline PTX runs on CUDA only; None takes CUDA_BUILD on a GPU and
     INTERPRETER_BUILD (no inline PTX) under TRITON_INTERPRET=1.
     ``DeviceBlockDecoder.from_encoded(encoded, device, names=None)`` does the
     same from EncodedTensors with a single upload per buffer.
@@ -80,7 +83,8 @@ stalls the warp for a DRAM round trip; L1 fills 32-byte sectors, and the
 32 lanes of a warp cross one every ~2 steps (still ~200 ns a step on an
 H200 with the ring). The prefetching builds therefore prefetch, in the
 unmasked phase, the payload sector after a lane's look-ahead word and the
-raw row RAW_PREFETCH_ROWS steps past the ring.
+raw row RAW_PREFETCH_ROWS steps past the ring; the staged builds instead
+copy each payload word into a per-lane FIFO FIFO_AHEAD words early.
 benchmarks/kernel_sass.py counts the SASS instructions of each loop.
 At the end each lane checks, as numpy_ref does, that it ended in its last
 byte with zero padding bits (the bits after its end are still in its
@@ -94,10 +98,13 @@ uses only Triton builtins (no @triton.jit library functions such as
 ``tl.sum``), because those work in the interpreter only if TRITON_INTERPRET
 was set before triton was first imported. The interpreter does not run
 inline PTX: the CUDA builds differ from the interpreted one only in the
-lines under ``if SHARED_TABLE`` (the table copy and the table reads) and
-``if PREFETCH`` (two prefetches a step), and CI checks them by compiling
-them for sm_80 and sm_90 and reading their SASS (tests/test_triton.py).
-All builds were run bit-exact and timed on an H200 (gpu_check.py).
+lines under ``if SHARED_TABLE`` (the table copy and the table reads),
+``if PREFETCH`` (two prefetches a step) and ``STAGING == 2`` (the
+cp.async FIFO, whose bookkeeping the interpreter checks in the "fifo"
+build), and CI checks them by compiling them for sm_80 and sm_90 and
+reading their SASS (tests/test_triton.py). The builds without staging
+were run bit-exact and timed on an H200 (gpu_check.py); the staged ones
+have not run on a GPU yet.
 """
 from __future__ import annotations
 
@@ -159,6 +166,39 @@ _PREFETCH_PTX = ("{{ .reg .pred %fz_p; setp.ne.b32 %fz_p, $2, 0; "
 PAYLOAD_PREFETCH_WORDS = tl.constexpr(8)
 # Raw rows are prefetched this many steps after the ring's newest row.
 RAW_PREFETCH_ROWS = tl.constexpr(16)
+# How a lane gets its payload words (STAGINGS). "none": loads the word
+# after hi when it moves on a word and reads it one step later (a miss
+# stalls its warp). The staged builds keep, per lane, a FIFO of
+# FIFO_SLOTS words in which the word FIFO_AHEAD words past the look-ahead
+# word is requested whenever the lane moves on a word, so a word is asked
+# for FIFO_AHEAD word moves, at least FIFO_MIN_STEPS steps, before the
+# lane reads it. "fifo": the FIFO is global scratch memory, filled by plain
+# loads and stores (runs anywhere, the interpreter included: the staging
+# logic checked on the CPU; on a GPU each store waits for its load).
+# "async": the FIFO is in shared memory, filled by cp.async (sm_80+, CUDA
+# only), which lands without holding a register; each step commits one
+# copy group and waits for all but the FIFO_WAIT newest, so a word read
+# has landed. Only the unmasked phase stages; the masked one loads directly.
+STAGINGS = ("none", "fifo", "async")
+FIFO_SLOTS = tl.constexpr(8)        # words a lane's FIFO holds (power of two)
+FIFO_AHEAD = tl.constexpr(4)        # words requested past the look-ahead word
+# A step reads at most 12 bits and a lane enters a word at bit 11 at the
+# latest, so FIFO_AHEAD word moves take at least this many steps:
+FIFO_MIN_STEPS = -(-(32 * FIFO_AHEAD.value - 11) // 12)     # 10
+# Copy groups left in flight when a step waits (the group of the step that
+# requested the word a lane reads next is at least FIFO_MIN_STEPS back).
+FIFO_WAIT = FIFO_MIN_STEPS - 2
+FIFO_COPY = tl.constexpr(
+    "{ .reg .u32 %fz_at; .reg .pred %fz_p; mov.u32 %fz_at, floatzip_payload_fifo; "
+    "add.u32 %fz_at, %fz_at, $1; setp.ne.b32 %fz_p, $3, 0; "
+    "@%fz_p cp.async.ca.shared.global [%fz_at], [$2], 4; mov.u32 $0, 0; }")
+FIFO_FENCE = tl.constexpr(
+    f"cp.async.commit_group; cp.async.wait_group {FIFO_WAIT}; mov.u32 $0, 0;")
+FIFO_DRAIN = tl.constexpr("cp.async.wait_all; mov.u32 $0, 0;")
+FIFO_READ = tl.constexpr(
+    "{ .reg .u32 %fz_at; .reg .pred %fz_p; mov.u32 %fz_at, floatzip_payload_fifo; "
+    "add.u32 %fz_at, %fz_at, $1; setp.ne.b32 %fz_p, $2, 0; mov.b32 $0, $3; "
+    "@%fz_p ld.shared.u32 $0, [%fz_at]; }")
 # Largest tensor the kernel indexes with 32-bit value offsets.
 MAX_COUNT = 2**31 - 2**20
 
@@ -202,6 +242,7 @@ def _decode_kernel(
     raw_ptr,        # int32: packed raw-field words of all tensors, with zero slack after each
     out_ptr,        # uint8: output bytes; each tensor's slot is aligned to its value width
     err_ptr,        # int32[1]: incremented by the number of lanes that end wrongly
+    fifo_ptr,       # int32: the "fifo" payload build's scratch FIFOs (else unused)
     DESC_FIELDS: tl.constexpr,  # row length of desc
     GROUPS: tl.constexpr,       # groups of 32 lanes per program (one lane per thread)
     SHARED_TABLE: tl.constexpr = False,  # the decode table in shared memory (CUDA only)
@@ -209,6 +250,8 @@ def _decode_kernel(
     RAW_AHEAD: tl.constexpr = 8,         # raw rows in flight per lane (power of two)
     PREFETCH: tl.constexpr = False,      # prefetch payload and raw rows (CUDA only)
     PREFETCH_PTX: tl.constexpr = "",     # the prefetch instruction (_PREFETCH_PTX)
+    STAGING: tl.constexpr = 0,           # index in STAGINGS: none, fifo, async
+    FIFO_DECLARE: tl.constexpr = "",     # the async build's shared FIFOs (kernel_constants)
 ):
     # Column numbers are the DESC_* constants (plain globals cannot be read
     # inside a kernel); tests/test_triton.py checks that they agree.
@@ -287,6 +330,35 @@ def _decode_kernel(
         ring_hi = ring_hi + (tl.load(raw_lane + u * raw_bits + 1, mask=ring_ok, other=0),)
     ahead = raw_lane + RAW_AHEAD * raw_bits
 
+    # Staged payload (STAGINGS), unmasked phase only: lane l keeps word w
+    # (counted from the payload buffer's start) in FIFO slot
+    # (w mod FIFO_SLOTS) * lanes + l, so a warp's 32 lanes hit 32 banks.
+    # While it holds lo, hi, nxt at wp, wp+1, wp+2, its FIFO holds (or
+    # has been asked for) the FIFO_AHEAD words after nxt.
+    fifo_lanes = GROUPS * 32
+    fifo = fifo_ptr + tl.program_id(0) * (FIFO_SLOTS * fifo_lanes)
+    if STAGING == 2:
+        tl.inline_asm_elementwise(FIFO_DECLARE, "=r", [], dtype=tl.int32, is_pure=False, pack=1)
+    fifo_mask = 4 * FIFO_SLOTS * fifo_lanes - 1
+    if STAGING != 0:
+        first_word = (wp.to(tl.int64) >> 2).to(tl.int32)
+        # Byte offset of nxt's slot; a step moves it on with the lane.
+        fifo_at = (((first_word + 2) & (FIFO_SLOTS - 1)) * fifo_lanes + lane) * 4
+        for j in tl.static_range(FIFO_AHEAD):
+            ask_slot = ((first_word + (3 + j)) & (FIFO_SLOTS - 1)) * fifo_lanes + lane
+            if STAGING == 1:
+                tl.store(fifo + ask_slot, tl.load(wp + (3 + j), mask=ring_ok, other=0),
+                         mask=ring_ok)
+            else:
+                tl.inline_asm_elementwise(
+                    FIFO_COPY, "=r,r,l,r",
+                    [ask_slot * 4, (wp + (3 + j)).to(tl.int64), ring_ok.to(tl.int32)],
+                    dtype=tl.int32, is_pure=False, pack=1)
+        if STAGING == 2:
+            # The first reads come sooner than FIFO_MIN_STEPS after these.
+            tl.inline_asm_elementwise(FIFO_DRAIN, "=r", [], dtype=tl.int32, is_pure=False,
+                                      pack=1)
+
     if SHARED_TABLE:
         # The program's decode table, copied once into shared memory: a
         # warp's 32 lookups then cost ~4 bank wavefronts instead of ~28 L1
@@ -327,6 +399,10 @@ def _decode_kernel(
                 dst = out.to(tl.pointer_type(tl.int32)) + rel
             for masked in tl.static_range(2):
                 if masked:
+                    if STAGING == 2:
+                        # No copy may land after the program ends.
+                        tl.inline_asm_elementwise(FIFO_DRAIN, "=r", [], dtype=tl.int32,
+                                                  is_pure=False, pack=1)
                     raw_lane = ahead - RAW_AHEAD * raw_bits
                     left_steps = lane_steps - unmasked
                     rlo = tl.load(raw_lane, mask=left_steps > 0, other=0)
@@ -381,17 +457,40 @@ def _decode_kernel(
                         lo = tl.where(adv, hi, lo)
                         hi = tl.where(adv, nxt, hi)
                         wp = tl.where(adv, wp + 1, wp)
-                        nxt = tl.load(wp + 2, mask=adv, other=nxt)
+                        if STAGING != 0 and not masked:
+                            # nxt from the FIFO; ask for the word FIFO_AHEAD past it.
+                            fifo_at = tl.where(adv, (fifo_at + 4 * fifo_lanes) & fifo_mask,
+                                               fifo_at)
+                            ask_at = (fifo_at + 4 * FIFO_AHEAD * fifo_lanes) & fifo_mask
+                            ask = wp + (2 + FIFO_AHEAD)
+                            if STAGING == 1:
+                                nxt = tl.load(fifo + (fifo_at >> 2), mask=adv, other=nxt)
+                                tl.store(fifo + (ask_at >> 2), tl.load(ask, mask=adv, other=0),
+                                         mask=adv)
+                            else:
+                                nxt = tl.inline_asm_elementwise(
+                                    FIFO_READ, "=r,r,r,r", [fifo_at, adv.to(tl.int32), nxt],
+                                    dtype=tl.int32, is_pure=False, pack=1)
+                                tl.inline_asm_elementwise(
+                                    FIFO_COPY, "=r,r,l,r",
+                                    [ask_at, ask.to(tl.int64), adv.to(tl.int32)],
+                                    dtype=tl.int32, is_pure=False, pack=1)
+                                tl.inline_asm_elementwise(FIFO_FENCE, "=r", [], dtype=tl.int32,
+                                                          is_pure=False, pack=1)
+                        else:
+                            nxt = tl.load(wp + 2, mask=adv, other=nxt)
                         if PREFETCH and not masked:
                             # Loaded one step before use, a word that misses
                             # L1 stalls its warp for a DRAM round trip, and
                             # lanes cross 32-byte sectors every few warp
-                            # steps; so are raw rows a ring ahead.
-                            tl.inline_asm_elementwise(
-                                PREFETCH_PTX, "=r,l,r",
-                                [(wp + (2 + PAYLOAD_PREFETCH_WORDS)).to(tl.int64),
-                                 adv.to(tl.int32)],
-                                dtype=tl.int32, is_pure=False, pack=1)
+                            # steps (a staged build needs no payload
+                            # prefetch); so are raw rows a ring ahead.
+                            if STAGING == 0:
+                                tl.inline_asm_elementwise(
+                                    PREFETCH_PTX, "=r,l,r",
+                                    [(wp + (2 + PAYLOAD_PREFETCH_WORDS)).to(tl.int64),
+                                     adv.to(tl.int32)],
+                                    dtype=tl.int32, is_pure=False, pack=1)
                             tl.inline_asm_elementwise(
                                 PREFETCH_PTX, "=r,l,r",
                                 [(ahead + RAW_PREFETCH_ROWS * raw_bits).to(tl.int64),
@@ -455,6 +554,7 @@ class KernelBuild(NamedTuple):
     table_memory: str       # TABLE_MEMORIES
     prefetch: str           # PREFETCHES, or "auto" before a decoder resolves it
     raw_ahead: int          # raw rows in flight, a power of two up to MAX_RAW_AHEAD
+    staging: str = "none"   # STAGINGS: how lanes get their payload words
 
 
 # The build a decoder gets for what its caller leaves None. On CUDA, the
@@ -467,8 +567,10 @@ class KernelBuild(NamedTuple):
 # slots and L1 room: "auto" prefetches (AUTO_PREFETCH) below
 # PREFETCH_LANES_PER_SM lanes per multiprocessor. The interpreter runs no
 # inline PTX.
-CUDA_BUILD = KernelBuild("shared", "auto", 16)
-INTERPRETER_BUILD = KernelBuild("global", "none", RAW_AHEAD)
+# The staged payloads (STAGINGS) are not timed yet: none until a GPU run
+# says otherwise.
+CUDA_BUILD = KernelBuild("shared", "auto", 16, "none")
+INTERPRETER_BUILD = KernelBuild("global", "none", RAW_AHEAD, "none")
 AUTO_PREFETCH = "L2"            # L1 and L2 measured the same
 PREFETCH_LANES_PER_SM = 1024    # threads resident per SM at 64 registers
 
@@ -500,35 +602,44 @@ def kernel_constants(groups_per_program: int, num_warps: int, build: KernelBuild
             "RAW_AHEAD": build.raw_ahead,
             "PREFETCH": build.prefetch != "none",
             "PREFETCH_PTX": ("" if build.prefetch == "none"
-                             else _PREFETCH_PTX.format(level=build.prefetch))}
+                             else _PREFETCH_PTX.format(level=build.prefetch)),
+            "STAGING": STAGINGS.index(build.staging),
+            "FIFO_DECLARE": ("" if build.staging != "async" else
+                             f".shared .align 16 .b8 floatzip_payload_fifo"
+                             f"[{4 * FIFO_SLOTS.value * LANES * groups_per_program}];"
+                             "\n\tmov.u32 $0, 0;")}
 
 
 def resolve_build(table_memory: str | None = None, prefetch: str | None = None,
-                  raw_ahead: int | None = None, interpreted: bool | None = None) -> KernelBuild:
+                  raw_ahead: int | None = None, interpreted: bool | None = None,
+                  staging: str | None = None) -> KernelBuild:
     """The build with the defaults filled in for where the kernel runs
     (CUDA_BUILD, INTERPRETER_BUILD), checked: inline-PTX builds run on CUDA
     only. ``prefetch`` may stay "auto" (DeviceBlockDecoder resolves it)."""
     interpreted = interpreting() if interpreted is None else interpreted
     defaults = INTERPRETER_BUILD if interpreted else CUDA_BUILD
     build = KernelBuild(*(d if v is None else v for v, d in
-                          zip((table_memory, prefetch, raw_ahead), defaults)))
+                          zip((table_memory, prefetch, raw_ahead, staging), defaults)))
     if build.table_memory not in TABLE_MEMORIES:
         raise DecoderArgumentError(f"table_memory must be one of {TABLE_MEMORIES}, "
                                    f"got {build.table_memory!r}")
     if build.prefetch not in PREFETCHES + ("auto",):
         raise DecoderArgumentError(f"prefetch must be one of {PREFETCHES + ('auto',)}, "
                                    f"got {build.prefetch!r}")
+    if build.staging not in STAGINGS:
+        raise DecoderArgumentError(f"staging must be one of {STAGINGS}, got {build.staging!r}")
     ahead = build.raw_ahead
     if not isinstance(ahead, int) or not 1 <= ahead <= MAX_RAW_AHEAD or ahead & (ahead - 1):
         raise DecoderArgumentError(f"raw_ahead must be a power of two from 1 to "
                                    f"{MAX_RAW_AHEAD}, got {ahead!r}")
     if interpreted:
-        for option, value, plain in (("table_memory", build.table_memory, "global"),
-                                     ("prefetch", build.prefetch, "none")):
-            if value not in (plain, "auto"):
+        for option, value, runs in (("table_memory", build.table_memory, ("global",)),
+                                    ("prefetch", build.prefetch, ("none", "auto")),
+                                    ("staging", build.staging, ("none", "fifo"))):
+            if value not in runs:
                 raise UnsupportedError(
                     f"{option}={value!r} is inline PTX, which TRITON_INTERPRET=1 cannot run; "
-                    f"use {option}={plain!r} there")
+                    f"use {option}={runs[0]!r} there")
         if build.prefetch == "auto":
             build = build._replace(prefetch="none")
     return build
@@ -698,10 +809,11 @@ def _host_parts(enc: EncodedTensor, label: str) -> _Parts:
     # look-ahead word): from a start at the payload's end that reaches word
     # (12 * (lane_symbols + 1)) // 32 + 2 of the slack, its last word.
     # test_worst_lane_stays_inside_the_buffers runs that lane.
-    # A prefetching build also prefetches PAYLOAD_PREFETCH_WORDS past the
-    # look-ahead word.
-    slack = max((tans.MAX_TABLE_LOG * (g.lane_symbols + 1)) // 32,
-                PAYLOAD_PREFETCH_WORDS.value) + 3
+    # A staged build copies words up to FIFO_AHEAD past the look-ahead
+    # word; a prefetching build prefetches PAYLOAD_PREFETCH_WORDS past it
+    # (a prefetch never faults, but it stays inside too).
+    slack = (tans.MAX_TABLE_LOG * (g.lane_symbols + 1)) // 32 + 3 \
+        + max(FIFO_AHEAD.value, PAYLOAD_PREFETCH_WORDS.value)
     payload = _words(np.asarray(enc.payload, dtype=np.uint8), slack)
     raw = _words(np.asarray(enc.raw, dtype=np.uint8), RAW_SLACK_WORDS)
     return _Parts(torch.from_numpy(table.copy()), torch.from_numpy(lane_bits),
@@ -802,7 +914,8 @@ class DeviceBlockDecoder:
 
     def __init__(self, tensors: Sequence[DeviceCodedTensor], *, groups_per_program: int = 4,
                  num_warps: int = 4, device=None, table_memory: str | None = None,
-                 raw_ahead: int | None = None, prefetch: str | None = None):
+                 raw_ahead: int | None = None, prefetch: str | None = None,
+                 staging: str | None = None):
         tensors = list(tensors)
         if not tensors:
             raise DecoderArgumentError("DeviceBlockDecoder needs at least one tensor")
@@ -816,14 +929,14 @@ class DeviceBlockDecoder:
             raise UnsupportedError(f"tensors of one block lie on several devices: {sorted(map(str, devices))}")
         self.device = _device(device if device is not None else tensors[0].device)
         self._build([(t.name, t.dtype, t.shape, t.geometry, t.parts, t.data) for t in tensors],
-                    groups_per_program, num_warps, table_memory, raw_ahead, prefetch)
+                    groups_per_program, num_warps, table_memory, raw_ahead, prefetch, staging)
 
     @classmethod
     def from_encoded(cls, encoded: Sequence[EncodedTensor], device="cuda", *,
                      names: Sequence[str] | None = None, groups_per_program: int = 4,
                      num_warps: int = 4, table_memory: str | None = None,
-                     raw_ahead: int | None = None, prefetch: str | None = None
-                     ) -> DeviceBlockDecoder:
+                     raw_ahead: int | None = None, prefetch: str | None = None,
+                     staging: str | None = None) -> DeviceBlockDecoder:
         """Build on the host and upload each concatenated buffer once."""
         encoded = list(encoded)
         names = list(names) if names is not None else [None] * len(encoded)
@@ -842,14 +955,15 @@ class DeviceBlockDecoder:
             else:
                 items.append((nm, enc.dtype, tuple(enc.shape), enc.geometry,
                               _host_parts(enc, f"tensor {nm!r}" if nm else "tensor"), None))
-        self._build(items, groups_per_program, num_warps, table_memory, raw_ahead, prefetch)
+        self._build(items, groups_per_program, num_warps, table_memory, raw_ahead, prefetch,
+                    staging)
         return self
 
     def _build(self, items, groups_per_program: int, num_warps: int, table_memory: str | None,
-               raw_ahead: int | None, prefetch: str | None) -> None:
+               raw_ahead: int | None, prefetch: str | None, staging: str | None) -> None:
         if groups_per_program < 1 or groups_per_program & (groups_per_program - 1):
             raise UnsupportedError(f"groups_per_program must be a power of two, got {groups_per_program}")
-        build = resolve_build(table_memory, prefetch, raw_ahead)
+        build = resolve_build(table_memory, prefetch, raw_ahead, staging=staging)
         self.groups_per_program = groups_per_program
         self.num_warps = num_warps
         self.names = [it[0] for it in items]
@@ -919,6 +1033,10 @@ class DeviceBlockDecoder:
         self.desc = torch.tensor(rows, dtype=torch.int64, device=dev).reshape(-1, DESC_FIELDS) \
             if rows else torch.zeros((0, DESC_FIELDS), dtype=torch.int64, device=dev)
         self.errors = torch.zeros(1, dtype=torch.int32, device=dev)
+        # The "fifo" build's per-lane FIFOs; other builds get a dummy.
+        fifo_words = (FIFO_SLOTS.value * LANES * groups_per_program * self.programs
+                      if self.build.staging == "fifo" else 1)
+        self.fifo = torch.zeros(max(fifo_words, 1), dtype=torch.int32, device=dev)
         self._out: torch.Tensor | None = None
         self._views: tuple[int, list[torch.Tensor]] | None = None
 
@@ -933,6 +1051,10 @@ class DeviceBlockDecoder:
     @property
     def raw_ahead(self) -> int:
         return self.build.raw_ahead
+
+    @property
+    def staging(self) -> str:
+        return self.build.staging
 
     @property
     def nbytes(self) -> int:
@@ -951,6 +1073,7 @@ class DeviceBlockDecoder:
         kernel = _kernel("decode")
         kernel[(self.programs,)](
             self.desc, self.table, self.lane_bits, self.payload, self.raw, out, self.errors,
+            self.fifo,
             **kernel_constants(self.groups_per_program, self.num_warps, self.build),
             num_warps=self.num_warps)
 
