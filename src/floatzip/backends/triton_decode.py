@@ -21,8 +21,8 @@ raw_ahead=None, prefetch=None, staging=None)``
     Concatenates the buffers of several DeviceCodedTensors (one transformer
     block, say) once, and builds one descriptor row per program.
     ``table_memory``, ``prefetch``, ``raw_ahead`` and ``staging`` pick the
-    build of the kernel (``.build``, a KernelBuild): ``table_memory`` "global" reads
-    decode tables through L1, "shared" first copies each program's table
+    build of the kernel (``.build``, a KernelBuild): ``table_memory``
+    "global" reads decode tables through L1, "shared" first copies each program's table
     to shared memory and reads it with inline PTX; ``prefetch`` "L1" or
     "L2" prefetches payload words and raw rows into that cache level
     (inline PTX), "none" does not, "auto" does below a launch size;
@@ -30,8 +30,9 @@ raw_ahead=None, prefetch=None, staging=None)``
     ``staging`` "async" stages payload words through a per-lane FIFO in
     shared memory filled by cp.async (inline PTX), "fifo" through one in
     global scratch memory with plain loads and stores, "none" loads them
-    directly (STAGINGS says more). Inline PTX runs on CUDA only; None takes CUDA_BUILD on a GPU and
-    INTERPRETER_BUILD (no inline PTX) under TRITON_INTERPRET=1.
+    directly (STAGINGS says more). Inline PTX runs on CUDA only; None
+    takes CUDA_BUILD on a GPU and INTERPRETER_BUILD (no inline PTX) under
+    TRITON_INTERPRET=1.
     ``DeviceBlockDecoder.from_encoded(encoded, device, names=None)`` does the
     same from EncodedTensors with a single upload per buffer.
     ``.decode(out=None) -> list[torch.Tensor]`` runs ONE launch for every
