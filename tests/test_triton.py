@@ -439,6 +439,40 @@ def test_inline_ptx_builds_need_a_gpu(monkeypatch):
         td.DeviceBlockDecoder.from_encoded([enc], "cpu", staging="tma")
 
 
+def test_a_gpu_launch_gets_the_arguments_of_its_build(monkeypatch):
+    """What a decoder hands Triton on a GPU, checked without one (Triton's
+    launch replaced by a recorder): one program per descriptor row, the
+    kernel's tensor arguments in its order, and the constexprs of each
+    CUDA build, which the launch must not refuse."""
+    import inspect
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    enc = encode(weights(np.random.default_rng(15), 3000, "BF16"), "BF16", lane_symbols=32)
+    dec = td.DeviceBlockDecoder.from_encoded([enc], "cpu", staging="fifo")
+    launches = []
+
+    class Recorder:
+        def __getitem__(self, grid):
+            return lambda *args, **kw: launches.append((grid, args, kw))
+
+    monkeypatch.setattr(td, "_kernel", lambda name: Recorder())
+    monkeypatch.delenv("TRITON_INTERPRET")
+    params = inspect.signature(td._decode_kernel).parameters
+    tensor_args = [n for n, p in params.items() if p.annotation != "tl.constexpr"]
+    assert tensor_args == [n for n, t in triton_build.SIGNATURE.items() if t != "constexpr"]
+    for build in (td.CUDA_BUILD._replace(prefetch="L2"), td.CUDA_BUILD._replace(prefetch="none"),
+                  td.KernelBuild("shared", "none", 16, "async"),
+                  td.KernelBuild("global", "none", 8, "fifo")):
+        dec.build = build
+        dec.decode()
+        grid, args, kw = launches[-1]
+        assert grid == (dec.programs,)
+        assert args == (dec.desc, dec.table, dec.lane_bits, dec.payload, dec.raw, args[5],
+                        dec.errors, dec.fifo)
+        assert len(args) == len(tensor_args)
+        assert kw == {**td.kernel_constants(4, 4, build), "num_warps": 4}
+        assert kw["STAGING"] == td.STAGINGS.index(build.staging)
+
+
 def test_auto_prefetch_follows_the_launch_size(monkeypatch):
     """prefetch="auto" prefetches when a launch has fewer lanes than the
     GPU keeps resident (PREFETCH_LANES_PER_SM a multiprocessor), else not;

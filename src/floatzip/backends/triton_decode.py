@@ -612,8 +612,8 @@ def kernel_constants(groups_per_program: int, num_warps: int, build: KernelBuild
 
 
 def resolve_build(table_memory: str | None = None, prefetch: str | None = None,
-                  raw_ahead: int | None = None, interpreted: bool | None = None,
-                  staging: str | None = None) -> KernelBuild:
+                  raw_ahead: int | None = None, staging: str | None = None, *,
+                  interpreted: bool | None = None) -> KernelBuild:
     """The build with the defaults filled in for where the kernel runs
     (CUDA_BUILD, INTERPRETER_BUILD), checked: inline-PTX builds run on CUDA
     only. ``prefetch`` may stay "auto" (DeviceBlockDecoder resolves it)."""
