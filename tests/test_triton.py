@@ -109,11 +109,13 @@ def device_bytes(t: torch.Tensor) -> np.ndarray:
     return t.detach().contiguous().view(-1).view(torch.uint8).cpu().numpy()
 
 
-def builds(device) -> list[tuple[str, str, str]]:
+def builds(device, groups_per_program=WIDE) -> list[tuple[str, str, str]]:
     """The (table_memory, prefetch, staging) builds a device runs: those
     with inline PTX (shared-memory table, prefetches, cp.async) on a GPU
-    only."""
-    return ALL_BUILDS if device == "cuda" else INTERPRETED_BUILDS
+    only, cp.async with at least a lane a thread (4 warps) only."""
+    if device != "cuda":
+        return INTERPRETED_BUILDS
+    return [b for b in ALL_BUILDS if b[2] != "async" or groups_per_program >= 4]
 
 
 def block_decoder(encoded, device, build, **kw) -> td.DeviceBlockDecoder:
@@ -126,7 +128,7 @@ def assert_decodes(enc: EncodedTensor, device, groups_per_program=WIDE, **kw):
     """Device decode == reference decode == the original bytes, with every
     build the device runs."""
     ref = decode_tensor(enc, backend="numpy")
-    for build in builds(device):
+    for build in builds(device, groups_per_program):
         dec = block_decoder([enc], device, build, groups_per_program=groups_per_program, **kw)
         (out,) = dec.decode()
         dec.check()
@@ -304,11 +306,13 @@ def test_backend_interface(device):
 @pytest.mark.parametrize("build", ALL_BUILDS, ids="-".join)
 def test_corrupt_lanes_are_flagged_like_the_reference(device, build):
     """A flipped payload byte is flagged by the kernel exactly when the
-    reference rejects it; decoding never reads outside the buffers."""
-    if build not in builds(device):
+    reference rejects it; decoding never reads outside the buffers. One
+    program of 8 groups: most steps run unmasked, where the staged builds
+    read words they copied FIFO_MIN_STEPS steps earlier or more."""
+    if build not in builds(device, 8):
         pytest.skip("the inline-PTX builds run on CUDA only")
     rng = np.random.default_rng(9)
-    enc = encode(weights(rng, 8192, "BF16"), "BF16", lane_symbols=32)
+    enc = encode(weights(rng, 8 * 32 * 64, "BF16"), "BF16", lane_symbols=64)
     g = enc.geometry
     corrupt = []
     for at in rng.choice(g.payload_bytes, 12, replace=False):
@@ -316,7 +320,9 @@ def test_corrupt_lanes_are_flagged_like_the_reference(device, build):
         payload[at] ^= 1 << int(rng.integers(8))
         corrupt.append(EncodedTensor(enc.dtype, enc.shape, CODEC_TANS, enc.checksum, g,
                                      enc.counts, enc.lane_sizes, payload, enc.raw))
-    dec = block_decoder(corrupt, device, build, groups_per_program=WIDE)
+    dec = block_decoder(corrupt, device, build, groups_per_program=8)
+    unmasked = dec.desc[:, td.DESC_MIN_STEPS] - dec.raw_ahead
+    assert (unmasked > td.FIFO_MIN_STEPS + td.FIFO_SLOTS.value).all()
     dec.decode()
     flagged = int(dec.errors.item())
     rejected = 0
@@ -332,7 +338,7 @@ def test_corrupt_lanes_are_flagged_like_the_reference(device, build):
     dec.check()                   # the count was reset
     # Each corrupt tensor alone: flagged iff the reference rejects it.
     for c in corrupt:
-        one = block_decoder([c], device, build, groups_per_program=WIDE)
+        one = block_decoder([c], device, build, groups_per_program=8)
         one.decode()
         try:
             numpy_ref.decode(g, c.counts, c.lane_sizes, c.payload, c.raw, np.uint16)
@@ -356,8 +362,8 @@ def test_worst_lane_stays_inside_the_buffers(device, monkeypatch, groups_per_pro
         pytest.skip("watches the interpreter's memory accesses")
     from triton.runtime import interpreter
     rng = np.random.default_rng(13)
-    k = 16
-    symbols = np.arange(4096, dtype=np.uint32)         # 8 full groups of 32 lanes
+    k = 32
+    symbols = np.tile(np.arange(4096, dtype=np.uint32), 2)     # 8 full groups of 32 lanes
     rng.shuffle(symbols)
     rotated = (symbols << np.uint32(20)) | rng.integers(0, 1 << 20, symbols.size, dtype=np.uint32)
     bits = (rotated >> np.uint32(1)) | ((rotated & np.uint32(1)) << np.uint32(31))
@@ -390,8 +396,10 @@ def test_worst_lane_stays_inside_the_buffers(device, monkeypatch, groups_per_pro
     monkeypatch.setattr(interpreter.InterpreterBuilder, "create_masked_store", watched_store)
     for build in INTERPRETED_BUILDS:
         dec = block_decoder([bad], device, build, groups_per_program=groups_per_program)
-        unmasked = dec.desc[:, td.DESC_MIN_STEPS] >= 2 * td.RAW_AHEAD
-        assert unmasked.any() == (groups_per_program == 8)
+        unmasked = dec.desc[:, td.DESC_MIN_STEPS] - td.RAW_AHEAD
+        # The staged build reads words it copied in the loop.
+        assert (unmasked > td.FIFO_MIN_STEPS + td.FIFO_SLOTS.value).any() \
+            == (groups_per_program == 8)
         out = dec.new_output()
         buffers = [dec.desc, dec.table, dec.lane_bits, dec.payload, dec.raw, out, dec.errors,
                    dec.fifo]
@@ -428,6 +436,12 @@ def test_inline_ptx_builds_need_a_gpu(monkeypatch):
         td.DeviceBlockDecoder.from_encoded([enc], "cpu", prefetch="L2")
     with pytest.raises(UnsupportedError, match="staging='async'.*TRITON_INTERPRET"):
         td.DeviceBlockDecoder.from_encoded([enc], "cpu", staging="async")
+    # The cp.async FIFO wants a thread (or more lanes) a lane, in static
+    # shared memory: refused anywhere otherwise.
+    for groups in (1, 2 * td.MAX_ASYNC_GROUPS):
+        with pytest.raises(UnsupportedError, match="num_warps <= groups_per_program"):
+            td.DeviceBlockDecoder.from_encoded([enc], "cpu", staging="async", num_warps=4,
+                                               groups_per_program=groups)
     dec = td.DeviceBlockDecoder.from_encoded([enc], "cpu")
     assert (dec.table_memory, dec.prefetch, dec.staging) == ("global", "none", "none")
     assert td.resolve_build(interpreted=False) == td.CUDA_BUILD

@@ -196,6 +196,9 @@ FIFO_COPY = tl.constexpr(
 FIFO_FENCE = tl.constexpr(
     f"cp.async.commit_group; cp.async.wait_group {FIFO_WAIT}; mov.u32 $0, 0;")
 FIFO_DRAIN = tl.constexpr("cp.async.wait_all; mov.u32 $0, 0;")
+# A program's FIFOs take FIFO_SLOTS * 4 bytes a lane (1 KiB a group), next
+# to the 16 KiB shared table, within 48 KiB of static shared memory.
+MAX_ASYNC_GROUPS = 32
 FIFO_READ = tl.constexpr(
     "{ .reg .u32 %fz_at; .reg .pred %fz_p; mov.u32 %fz_at, floatzip_payload_fifo; "
     "add.u32 %fz_at, %fz_at, $1; setp.ne.b32 %fz_p, $2, 0; mov.b32 $0, $3; "
@@ -964,6 +967,15 @@ class DeviceBlockDecoder:
                raw_ahead: int | None, prefetch: str | None, staging: str | None) -> None:
         if groups_per_program < 1 or groups_per_program & (groups_per_program - 1):
             raise UnsupportedError(f"groups_per_program must be a power of two, got {groups_per_program}")
+        if staging == "async" and not num_warps <= groups_per_program <= MAX_ASYNC_GROUPS:
+            # Fewer lanes than threads: Triton runs a lane in several warps
+            # and masks their stores, not their inline PTX, so every copy
+            # would land several times, each copy's wait covering only its
+            # own warp. More groups: the FIFOs outgrow static shared memory.
+            raise UnsupportedError(
+                f"staging='async' needs num_warps <= groups_per_program <= {MAX_ASYNC_GROUPS} "
+                f"(one thread per lane at least), got {groups_per_program} groups and "
+                f"{num_warps} warps")
         build = resolve_build(table_memory, prefetch, raw_ahead, staging=staging)
         self.groups_per_program = groups_per_program
         self.num_warps = num_warps
