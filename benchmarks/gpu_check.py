@@ -26,7 +26,8 @@ Stages (each one catches its own errors, prints them and lets the rest run):
              with a 128-token KV cache, SwiGLU MLP; no RoPE, no embedding or
              lm_head), batch 1 and 8: every layer's weights decoded into one reused
              buffer right before its matmuls, against the same code on plain BF16
-             weights. Eager, and replayed as a CUDA graph.
+             weights; and with layer i + 1 decoded on a side stream into a second
+             buffer while layer i computes. Eager, and replayed as a CUDA graph.
 The table is printed last and written to $OUT/gpu_check.md when OUT is set.
 """
 from __future__ import annotations
@@ -533,22 +534,13 @@ def token_latency():
     log(f"latency: {layers} layers, BF16 {plain_bytes * layers / 1e9:.1f} GB, "
         f"coded {sum(d.nbytes for d in decoders) / 1e9:.1f} GB")
 
-    def run(batch, compressed):
-        x = (torch.randn(batch, 1, H, generator=gen, device=DEVICE) * 0.5).to(dt)
-        caches = [(torch.randn(batch, Dims.kv_heads, Dims.kv_len, Dims.head_dim, generator=gen,
-                               device=DEVICE).to(dt),) * 2 for _ in range(layers)]
+    side = torch.cuda.Stream() if CUDA else None
+    ahead_out = [shared_out, decoders[0].new_output()]
 
-        def forward():
-            y = x
-            for i in range(layers):
-                if compressed:
-                    w = dict(zip(names, decoders[i].decode(shared_out)))
-                else:
-                    w = plain[i]
-                y = layer_forward(y, w, *caches[i])
-            return y
-
-        ref = forward()
+    def timed(forward, ref):
+        """Eager and CUDA-graph ms of ``forward``; a note when its output is
+        not ``ref``'s, bit for bit."""
+        exact = torch.equal(forward(), ref)
         eager = bench_ms(forward)
         graph_ms = None
         if CUDA:
@@ -566,29 +558,77 @@ def token_latency():
                 if not torch.equal(out, ref):
                     # Seen at batch 8 on BF16 and floatzip weights alike:
                     # torch can pick other matmul kernels under capture.
-                    log(f"batch {batch}, {'floatzip' if compressed else 'BF16'} weights: "
-                        "graph replay differs from eager")
+                    log(f"{forward.__name__}: graph replay differs from eager")
                 graph_ms = bench_ms(graph.replay)
                 del graph
             except Exception as exc:
                 log(f"CUDA graph failed: {type(exc).__name__}: {exc}")
-        return ref, eager, graph_ms
+        return eager, graph_ms, "" if exact else "; OUTPUT DIFFERS from decode per layer"
+
+    def run(batch, compressed):
+        """[(label, eager ms, graph ms)] of the model on BF16 or coded weights."""
+        x = (torch.randn(batch, 1, H, generator=gen, device=DEVICE) * 0.5).to(dt)
+        caches = [(torch.randn(batch, Dims.kv_heads, Dims.kv_len, Dims.head_dim, generator=gen,
+                               device=DEVICE).to(dt),) * 2 for _ in range(layers)]
+
+        def forward():
+            y = x
+            for i in range(layers):
+                if compressed:
+                    w = dict(zip(names, decoders[i].decode(shared_out)))
+                else:
+                    w = plain[i]
+                y = layer_forward(y, w, *caches[i])
+            return y
+
+        def forward_ahead():
+            """Layer i + 1 decoded on a side stream while layer i computes,
+            two buffers taking turns: not built into load_model yet."""
+            main = torch.cuda.current_stream()
+            views = decoders[0].decode(ahead_out[0])
+            y = x
+            for i in range(layers):
+                if i + 1 < layers:
+                    # The buffer's last reader, layer i - 1, is queued on main.
+                    side.wait_stream(main)
+                    with torch.cuda.stream(side):
+                        upcoming = decoders[i + 1].decode(ahead_out[(i + 1) % 2])
+                    done = torch.cuda.Event()
+                    done.record(side)
+                y = layer_forward(y, dict(zip(names, views)), *caches[i])
+                if i + 1 < layers:
+                    main.wait_event(done)
+                    views = upcoming
+            return y
+
+        ref = forward()
+        if not compressed:
+            return [("BF16 weights", *timed(forward, ref))]
+        results = [("floatzip, decode per layer", *timed(forward, ref))]
+        if CUDA:
+            try:            # untried code: its failure must not cost the rows above
+                results.append(("floatzip, next layer decoded on a side stream",
+                                *timed(forward_ahead, ref)))
+            except Exception as exc:
+                log(f"side-stream decode failed: {type(exc).__name__}: {exc}")
+        return results
 
     scale = 32 / layers
     scaled = "" if layers == 32 else f", scaled x{scale:g} from {layers} layers"
     for batch in (1, 8):
         # The two models hold different random weights: only times compare.
-        _, plain_ms, plain_graph = run(batch, False)
-        _, coded_ms, coded_graph = run(batch, True)
-        for label, ms, graph_ms in (("BF16 weights", plain_ms, plain_graph),
-                                    ("floatzip, decode per layer", coded_ms, coded_graph)):
+        ((_, plain_ms, plain_graph, _),) = run(batch, False)
+        coded = run(batch, True)
+        for label, ms, graph_ms, differs in [("BF16 weights", plain_ms, plain_graph, "")] + coded:
             graph_txt = f"; CUDA graph {graph_ms * scale:.2f} ms" if graph_ms else ""
             row("latency", f"batch {batch}, {label}", f"{ms * scale:.2f} ms/token",
-                f"eager{graph_txt}{scaled}")
-        notes = [f"graph {coded_graph / plain_graph:.2f}x"] if coded_graph and plain_graph else []
-        notes.append(f"BF16 weights per token: {plain_bytes * 32 / 1e9:.1f} GB")
-        row("latency", f"batch {batch}, floatzip / BF16", f"{coded_ms / plain_ms:.2f}x",
-            "; ".join(notes))
+                f"eager{graph_txt}{scaled}{differs}")
+        for label, coded_ms, coded_graph, _ in coded:
+            notes = [f"graph {coded_graph / plain_graph:.2f}x"] if coded_graph and plain_graph \
+                else []
+            notes.append(f"BF16 weights per token: {plain_bytes * 32 / 1e9:.1f} GB")
+            row("latency", f"batch {batch}, {label} / BF16", f"{coded_ms / plain_ms:.2f}x",
+                "; ".join(notes))
     dec_ms = bench_ms(lambda: decoders[0].decode(shared_out))
     row("latency", "decode of one block alone (in the model's buffer)", f"{dec_ms * 1e3:,.0f} us",
         f"x32 = {dec_ms * 32:.2f} ms/token spent decoding; {config_name(BEST_CONFIG[0])}")
