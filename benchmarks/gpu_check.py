@@ -634,15 +634,48 @@ def token_latency():
         f"x32 = {dec_ms * 32:.2f} ms/token spent decoding; {config_name(BEST_CONFIG[0])}")
     # Eager generation waits on the host: what one decode costs the host
     # (argument checks, Triton's launch path), launches queued back to back.
-    sync()
     calls = 2 if SMOKE else 200
-    t0 = time.perf_counter()
-    for _ in range(calls):
-        decoders[0].decode(shared_out)
-    host_us = (time.perf_counter() - t0) / calls * 1e6
-    sync()
-    row("latency", "host time of one block decode call", f"{host_us:,.0f} us",
-        f"x32 = {host_us * 32 / 1e3:.2f} ms/token of host time; {calls} calls without waiting")
+
+    def host_us(launch):
+        sync()
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            launch()
+        took = (time.perf_counter() - t0) / calls * 1e6
+        sync()
+        return took
+
+    us = host_us(lambda: decoders[0].decode(shared_out))
+    row("latency", "host time of one block decode call", f"{us:,.0f} us",
+        f"x32 = {us * 32 / 1e3:.2f} ms/token of host time; {calls} calls without waiting")
+    if CUDA:
+        launcher_row(decoders[0], shared_out, host_us)
+
+
+def launcher_row(dec, out, host_us):
+    """The same launch through the CompiledKernel Triton's JIT returns,
+    skipping its argument binding and cache lookup (Triton 3.6's
+    ``CompiledKernel[grid](*args)`` takes every kernel argument, constexprs
+    included, in the signature's order): what a cached launcher would save."""
+    import inspect
+    try:
+        consts = td.kernel_constants(dec.groups_per_program, dec.num_warps, dec.build)
+        tensors = [dec.desc, dec.table, dec.lane_bits, dec.payload, dec.raw, out, dec.errors,
+                   dec.fifo]
+        params = list(inspect.signature(td._decode_kernel).parameters)
+        args = tensors + [consts[name] for name in params[len(tensors):]]
+        compiled = td._kernel("decode")[(dec.programs,)](*tensors, **consts,
+                                                          num_warps=dec.num_warps)
+        runner = compiled[(dec.programs, 1, 1)]
+        out.zero_()
+        runner(*args)
+        dec.check()
+        exact = not mismatches(dec.names, dec._make_views(out))
+        us = host_us(lambda: runner(*args))
+        row("latency", "host time of the same launch, compiled-kernel launcher", f"{us:,.0f} us",
+            ("bit-exact" if exact else "OUTPUT DIFFERS") + "; Triton's JIT dispatch skipped")
+    except Exception as exc:
+        log(f"compiled-kernel launcher failed: {type(exc).__name__}: {exc}")
 
 
 # -- main ------------------------------------------------------------------------
