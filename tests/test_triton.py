@@ -430,12 +430,9 @@ def test_inline_ptx_builds_need_a_gpu(monkeypatch):
         pytest.skip("a GPU runs the inline-PTX builds")
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     enc = encode(weights(np.random.default_rng(12), 100, "BF16"), "BF16")
-    with pytest.raises(UnsupportedError, match="table_memory='shared'.*TRITON_INTERPRET"):
-        td.DeviceBlockDecoder.from_encoded([enc], "cpu", table_memory="shared")
-    with pytest.raises(UnsupportedError, match="prefetch='L2'.*TRITON_INTERPRET"):
-        td.DeviceBlockDecoder.from_encoded([enc], "cpu", prefetch="L2")
-    with pytest.raises(UnsupportedError, match="staging='async'.*TRITON_INTERPRET"):
-        td.DeviceBlockDecoder.from_encoded([enc], "cpu", staging="async")
+    for option, value in (("table_memory", "shared"), ("prefetch", "L2"), ("staging", "async")):
+        with pytest.raises(UnsupportedError, match=f"{option}='{value}'.*TRITON_INTERPRET"):
+            td.DeviceBlockDecoder.from_encoded([enc], "cpu", **{option: value})
     # The cp.async FIFO wants a thread (or more lanes) a lane, in static
     # shared memory: refused anywhere otherwise.
     for groups in (1, 2 * td.MAX_ASYNC_GROUPS):
@@ -445,12 +442,9 @@ def test_inline_ptx_builds_need_a_gpu(monkeypatch):
     dec = td.DeviceBlockDecoder.from_encoded([enc], "cpu")
     assert (dec.table_memory, dec.prefetch, dec.staging) == ("global", "none", "none")
     assert td.resolve_build(interpreted=False) == td.CUDA_BUILD
-    with pytest.raises(DecoderArgumentError, match="table_memory"):
-        td.DeviceBlockDecoder.from_encoded([enc], "cpu", table_memory="texture")
-    with pytest.raises(DecoderArgumentError, match="prefetch"):
-        td.DeviceBlockDecoder.from_encoded([enc], "cpu", prefetch="L3")
-    with pytest.raises(DecoderArgumentError, match="staging"):
-        td.DeviceBlockDecoder.from_encoded([enc], "cpu", staging="tma")
+    for option, value in (("table_memory", "texture"), ("prefetch", "L3"), ("staging", "tma")):
+        with pytest.raises(DecoderArgumentError, match=option):
+            td.DeviceBlockDecoder.from_encoded([enc], "cpu", **{option: value})
 
 
 def test_a_gpu_launch_gets_the_arguments_of_its_build(monkeypatch):

@@ -348,15 +348,16 @@ def _decode_kernel(
         first_word = (wp.to(tl.int64) >> 2).to(tl.int32)
         # Byte offset of nxt's slot; a step moves it on with the lane.
         fifo_at = (((first_word + 2) & (FIFO_SLOTS - 1)) * fifo_lanes + lane) * 4
-        for j in tl.static_range(FIFO_AHEAD):
-            ask_slot = ((first_word + (3 + j)) & (FIFO_SLOTS - 1)) * fifo_lanes + lane
+        for j in tl.static_range(1, FIFO_AHEAD + 1):
+            # The words after nxt, in the slots a step asks for them in.
+            ask_at = (fifo_at + 4 * j * fifo_lanes) & fifo_mask
             if STAGING == 1:
-                tl.store(fifo + ask_slot, tl.load(wp + (3 + j), mask=ring_ok, other=0),
+                tl.store(fifo + (ask_at >> 2), tl.load(wp + (2 + j), mask=ring_ok, other=0),
                          mask=ring_ok)
             else:
                 tl.inline_asm_elementwise(
                     FIFO_COPY, "=r,r,l,r",
-                    [ask_slot * 4, (wp + (3 + j)).to(tl.int64), ring_ok.to(tl.int32)],
+                    [ask_at, (wp + (2 + j)).to(tl.int64), ring_ok.to(tl.int32)],
                     dtype=tl.int32, is_pure=False, pack=1)
         if STAGING == 2:
             # The first reads come sooner than FIFO_MIN_STEPS after these.
@@ -1048,7 +1049,7 @@ class DeviceBlockDecoder:
         self.errors = torch.zeros(1, dtype=torch.int32, device=dev)
         # The "fifo" build's per-lane FIFOs; other builds get a dummy.
         fifo_words = (FIFO_SLOTS.value * LANES * groups_per_program * self.programs
-                      if self.build.staging == "fifo" else 1)
+                      if self.build.staging == "fifo" else 0)
         self.fifo = torch.zeros(max(fifo_words, 1), dtype=torch.int32, device=dev)
         self._out: torch.Tensor | None = None
         self._views: tuple[int, list[torch.Tensor]] | None = None
