@@ -26,8 +26,11 @@ Stages (each one catches its own errors, prints them and lets the rest run):
              with a 128-token KV cache, SwiGLU MLP; no RoPE, no embedding or
              lm_head), batch 1 and 8: every layer's weights decoded into one reused
              buffer right before its matmuls, against the same code on plain BF16
-             weights; and with layer i + 1 decoded on a side stream into a second
-             buffer while layer i computes. Eager, and replayed as a CUDA graph.
+             weights; with every decode launched through Triton's dispatch instead
+             of a replayed CUDA graph (launch="direct"); and with layer i + 1
+             decoded on a side stream into a second buffer while layer i
+             computes. Eager, and replayed as a CUDA graph. Then the host time
+             of one decode call, graph replay and direct.
 The table is printed last and written to $OUT/gpu_check.md when OUT is set.
 """
 from __future__ import annotations
@@ -535,6 +538,7 @@ def token_latency():
         f"coded {sum(d.nbytes for d in decoders) / 1e9:.1f} GB")
 
     side = torch.cuda.Stream() if CUDA else None
+    LAUNCHES = ("graph", "direct") if CUDA else ("direct",)
     ahead_out = [shared_out, decoders[0].new_output()]
 
     def timed(forward, ref):
@@ -604,7 +608,16 @@ def token_latency():
         ref = forward()
         if not compressed:
             return [("BF16 weights", *timed(forward, ref))]
-        results = [("floatzip, decode per layer", *timed(forward, ref))]
+        # Each decode a replayed CUDA graph (the default), then through
+        # Triton's dispatch (the default before): what the graph saves.
+        results = []
+        for launch in LAUNCHES:
+            for dec in decoders:
+                dec.launch = launch
+            results.append((f"floatzip, decode per layer, {launch} launch",
+                            *timed(forward, ref)))
+        for dec in decoders:
+            dec.launch = LAUNCHES[0]
         if CUDA:
             try:            # untried code: its failure must not cost the rows above
                 results.append(("floatzip, next layer decoded on a side stream",
@@ -645,9 +658,11 @@ def token_latency():
         sync()
         return took
 
-    us = host_us(lambda: decoders[0].decode(shared_out))
-    row("latency", "host time of one block decode call", f"{us:,.0f} us",
-        f"x32 = {us * 32 / 1e3:.2f} ms/token of host time; {calls} calls without waiting")
+    for launch in LAUNCHES:
+        decoders[0].launch = launch
+        us = host_us(lambda: decoders[0].decode(shared_out))
+        row("latency", f"host time of one block decode call, {launch} launch", f"{us:,.0f} us",
+            f"x32 = {us * 32 / 1e3:.2f} ms/token of host time; {calls} calls without waiting")
     if CUDA:
         launcher_row(decoders[0], shared_out, host_us)
 

@@ -17,7 +17,7 @@ Host API
     ``.decode(out=None) -> torch.Tensor`` decodes it (one launch).
 
 ``DeviceBlockDecoder(tensors, *, groups_per_program=4, num_warps=4, table_memory=None,
-raw_ahead=None, prefetch=None, staging=None)``
+raw_ahead=None, prefetch=None, staging=None, launch=None)``
     Concatenates the buffers of several DeviceCodedTensors (one transformer
     block, say) once, and builds one descriptor row per program.
     ``table_memory``, ``prefetch``, ``raw_ahead`` and ``staging`` pick the
@@ -33,6 +33,12 @@ raw_ahead=None, prefetch=None, staging=None)``
     directly (STAGINGS says more). Inline PTX runs on CUDA only; None
     takes CUDA_BUILD on a GPU and INTERPRETER_BUILD (no inline PTX) under
     TRITON_INTERPRET=1.
+    ``launch`` is how the kernel is queued (LAUNCHES): "graph" (the default
+    on CUDA) launches directly the first time for each build and output
+    buffer, then captures that launch as a CUDA graph and replays it, which
+    costs the host a driver call instead of Triton's dispatch
+    (graph_launch.py says why that matters); "direct" always goes through
+    Triton. Launches made while the current stream is captured are direct.
     ``DeviceBlockDecoder.from_encoded(encoded, device, names=None)`` does the
     same from EncodedTensors with a single upload per buffer.
     ``.decode(out=None) -> list[torch.Tensor]`` runs ONE launch for every
@@ -41,7 +47,8 @@ raw_ahead=None, prefetch=None, staging=None)``
     buffer the decoder allocates once and reuses. It returns views of that
     buffer, in the order of ``tensors``; a raw-codec tensor comes back as a
     view of its stored bytes (no copy: do not write to it). Nothing in it
-    waits for the device.
+    waits for the device (but dropping a CUDA graph does, when a fifth
+    reused output buffer displaces one: graph_launch.MAX_GRAPHS).
     ``.check()`` waits for the device and raises CorruptDataError if any
     lane decoded since the last check did not end exactly where its size
     says, or left non-zero padding bits (the checks numpy_ref makes).
@@ -129,6 +136,7 @@ from ..errors import (
     FormatError,
     UnsupportedError,
 )
+from .graph_launch import GraphLauncher
 
 name = "triton"
 
@@ -551,6 +559,7 @@ _launchable: dict[tuple[str, bool], object] = {}
 # build also runs in the interpreter). "shared": copied first into shared
 # memory and read with inline PTX, which only a CUDA device runs.
 TABLE_MEMORIES = ("global", "shared")
+LAUNCHES = ("direct", "graph")     # how DeviceBlockDecoder queues the kernel
 MAX_RAW_AHEAD = 16      # Triton 3.6 took minutes to compile a ring of 32 rows
 
 
@@ -881,7 +890,9 @@ class DeviceCodedTensor:
             out.view(-1).view(torch.uint8).copy_(self.data)
             return out.view(self.shape)
         if self._decoder is None:
-            self._decoder = DeviceBlockDecoder([self])
+            # Direct: a graph pays for a reused output buffer, and these
+            # one-off decodes mostly get a new one.
+            self._decoder = DeviceBlockDecoder([self], launch="direct")
         self._decoder._launch(out.view(-1).view(torch.uint8))
         return out.view(self.shape)
 
@@ -920,7 +931,7 @@ class DeviceBlockDecoder:
     def __init__(self, tensors: Sequence[DeviceCodedTensor], *, groups_per_program: int = 4,
                  num_warps: int = 4, device=None, table_memory: str | None = None,
                  raw_ahead: int | None = None, prefetch: str | None = None,
-                 staging: str | None = None):
+                 staging: str | None = None, launch: str | None = None):
         tensors = list(tensors)
         if not tensors:
             raise DecoderArgumentError("DeviceBlockDecoder needs at least one tensor")
@@ -935,13 +946,14 @@ class DeviceBlockDecoder:
         self.device = _device(device if device is not None else tensors[0].device)
         self._build([(t.name, t.dtype, t.shape, t.geometry, t.parts, t.data) for t in tensors],
                     groups_per_program, num_warps, table_memory, raw_ahead, prefetch, staging)
+        self.launch = launch
 
     @classmethod
     def from_encoded(cls, encoded: Sequence[EncodedTensor], device="cuda", *,
                      names: Sequence[str] | None = None, groups_per_program: int = 4,
                      num_warps: int = 4, table_memory: str | None = None,
                      raw_ahead: int | None = None, prefetch: str | None = None,
-                     staging: str | None = None) -> DeviceBlockDecoder:
+                     staging: str | None = None, launch: str | None = None) -> DeviceBlockDecoder:
         """Build on the host and upload each concatenated buffer once."""
         encoded = list(encoded)
         names = list(names) if names is not None else [None] * len(encoded)
@@ -962,6 +974,7 @@ class DeviceBlockDecoder:
                               _host_parts(enc, f"tensor {nm!r}" if nm else "tensor"), None))
         self._build(items, groups_per_program, num_warps, table_memory, raw_ahead, prefetch,
                     staging)
+        self.launch = launch
         return self
 
     def _build(self, items, groups_per_program: int, num_warps: int, table_memory: str | None,
@@ -1071,6 +1084,22 @@ class DeviceBlockDecoder:
         return self.build.staging
 
     @property
+    def launch(self) -> str:
+        """How launches are queued: "graph" or "direct" (LAUNCHES)."""
+        return "direct" if self._graphs is None else "graph"
+
+    @launch.setter
+    def launch(self, launch: str | None) -> None:
+        if launch is None:
+            launch = "graph" if self.device.type == "cuda" else "direct"
+        if launch not in LAUNCHES:
+            raise DecoderArgumentError(f"launch must be one of {LAUNCHES}, got {launch!r}")
+        if launch == "graph" and self.device.type != "cuda":
+            raise UnsupportedError(f"launch='graph' replays CUDA graphs, which {self.device} "
+                                   "cannot; use launch='direct'")
+        self._graphs = GraphLauncher(self.device) if launch == "graph" else None
+
+    @property
     def nbytes(self) -> int:
         """Device memory of the coded block (descriptors included)."""
         bufs = [self.table, self.lane_bits, self.payload, self.raw, self.desc,
@@ -1083,6 +1112,14 @@ class DeviceBlockDecoder:
     def _launch(self, out: torch.Tensor) -> None:
         if self.programs == 0:
             return
+        if self._graphs is None:
+            self._launch_direct(out)
+        else:
+            # A graph bakes in every argument: the output address and the
+            # build are all that can change (the rest is this decoder's).
+            self._graphs.launch((out.data_ptr(), self.build), lambda: self._launch_direct(out))
+
+    def _launch_direct(self, out: torch.Tensor) -> None:
         resolve_build(*self.build)          # TRITON_INTERPRET is read at launch
         kernel = _kernel("decode")
         kernel[(self.programs,)](
@@ -1172,7 +1209,7 @@ def decode(geometry: CodedGeometry, counts: np.ndarray, lane_sizes: np.ndarray,
                         np.asarray(raw))
     dev = DeviceCodedTensor(enc, device)
     out = torch.empty(geometry.count * (geometry.width // 8), dtype=torch.uint8, device=dev.device)
-    dev._decoder = DeviceBlockDecoder([dev])
+    dev._decoder = DeviceBlockDecoder([dev], launch="direct")      # a one-off launch
     dev._decoder._launch(out)
     dev.check()
     return out.cpu().numpy().view(np.dtype(dtype))
