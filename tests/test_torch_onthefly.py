@@ -137,6 +137,32 @@ def test_weight_used_outside_its_forward_is_a_placeholder(packed_llama):
     assert next(model.parameters()).device.type == "meta"
 
 
+def test_swap_contents_swaps_as_torch_does(monkeypatch):
+    """The hooks' swap: class, attributes and data change places, each
+    Python object stays; with autograd holding a tensor, torch's own
+    swap_tensors takes over (and refuses or poisons as it does)."""
+    weight = torch.nn.Parameter(torch.randn(4, 4), requires_grad=False)
+    value = weight.detach().clone()
+    holder = onthefly._placeholder(weight, "layer.weight")
+    ids = id(weight), id(holder)
+    onthefly.swap_contents(weight, holder)
+    assert (id(weight), id(holder)) == ids
+    assert type(weight) is onthefly.CompressedWeight and weight.is_meta
+    assert weight.__dict__ == {"_floatzip_name": "layer.weight"}
+    assert type(holder) is torch.nn.Parameter and torch.equal(holder, value)
+    onthefly.swap_contents(weight, holder)
+    assert type(weight) is torch.nn.Parameter and torch.equal(weight, value)
+    assert type(holder) is onthefly.CompressedWeight and weight.__dict__ == {}
+
+    delegated = []
+    monkeypatch.setattr(torch.utils, "swap_tensors", lambda a, b: delegated.append((a, b)))
+    x = torch.ones(1, 4, requires_grad=True)
+    saved = torch.nn.functional.linear(x, weight)     # autograd keeps the weight
+    onthefly.swap_contents(weight, holder)
+    assert delegated == [(weight, holder)] and type(weight) is torch.nn.Parameter
+    del saved
+
+
 def test_close_removes_the_hooks(packed_llama):
     _, packed = packed_llama
     model = floatzip.load_model(packed, prefetch=True)

@@ -12,7 +12,9 @@ Pieces, from the bottom up:
   releases the GIL); the GPU one (:class:`TritonBlockDecoder`) keeps the coded
   weights on the GPU and decodes a whole unit with one launch of the Triton
   kernels in ``floatzip.backends.triton_decode``, on the current stream, with
-  no host synchronisation.
+  no host synchronisation; from a unit's second decode into the same buffer
+  on, that launch is a replayed CUDA graph (``launch="graph"``), which
+  spares eager generation Triton's per-launch host time.
 * :class:`OnTheFlyDecoder` owns the buffers ("slots") and the hooks. A
   forward pre-hook on a unit takes a slot holding its decoded weights
   (prefetched, or decoded now), points the unit's parameters at views of it
@@ -31,8 +33,8 @@ cores that run the forward's threads slows both down (measured on 2 cores,
 ("auto") prefetches only when ``torch.get_num_threads()`` is below the core
 count, and then decodes with the idle cores.
 
-Parameters are swapped with ``torch.utils.swap_tensors``, which keeps each
-Parameter object: tied weights (the same Parameter in two modules) stay
+Parameters are swapped as ``torch.utils.swap_tensors`` swaps them (see
+:func:`swap_contents`), which keeps each Parameter object: tied weights (the same Parameter in two modules) stay
 tied, and any other reference to a parameter sees the decoded tensor while
 its unit runs. Between uses a parameter is a :class:`CompressedWeight`
 placeholder (on the meta device, no data) that raises if anything computes
@@ -398,6 +400,25 @@ def _placeholder(param: nn.Parameter, name: str) -> CompressedWeight:
 
 # -- the runtime -------------------------------------------------------------------
 
+_swap_tensor_impl = getattr(torch._C, "_swap_tensor_impl", None)
+
+
+def swap_contents(a: torch.Tensor, b: torch.Tensor) -> None:
+    """What ``torch.utils.swap_tensors(a, b)`` does (class, ``__dict__`` and
+    tensor swapped, each Python object kept), without its Python-level checks
+    when they would pass: every unit's forward swaps each of its parameters
+    twice, and those checks cost 2 us a swap (36 us a Llama block, measured
+    on this project's CPU), a tenth of a small block's forward. The checks
+    guard against other C++ references to either tensor (autograd's saved
+    tensors): when there are any, torch's own function runs and raises or
+    poisons as it does. Our two classes share their (empty) slots."""
+    if _swap_tensor_impl is None or a._use_count() != 1 or b._use_count() != 1:
+        torch.utils.swap_tensors(a, b)
+        return
+    a.__class__, b.__class__ = b.__class__, a.__class__
+    a.__dict__, b.__dict__ = b.__dict__, a.__dict__
+    _swap_tensor_impl(a, b)
+
 @dataclass
 class DecodeStats:
     """What on-the-fly decoding cost. ``decode_s``: time spent decoding (in
@@ -421,7 +442,7 @@ class DeferredParam:
     and the one its contents are swapped with. While the unit is idle,
     ``param`` is a :class:`CompressedWeight` and ``shadow`` a plain
     Parameter; while it runs, ``param`` is the plain Parameter viewing the
-    decoded weights (``torch.utils.swap_tensors`` swaps class and data)."""
+    decoded weights (:func:`swap_contents` swaps class and data)."""
     name: str
     param: nn.Parameter
     shadow: nn.Parameter
@@ -615,7 +636,7 @@ class OnTheFlyDecoder:
         for dp, tensor in zip(unit.params, tensors):
             if dp.refs == 0:
                 dp.shadow.data = tensor
-                torch.utils.swap_tensors(dp.param, dp.shadow)
+                swap_contents(dp.param, dp.shadow)
             dp.refs += 1
 
     def _exit(self, unit: Unit) -> None:
@@ -624,7 +645,7 @@ class OnTheFlyDecoder:
         for dp in unit.params:
             dp.refs -= 1
             if dp.refs == 0:
-                torch.utils.swap_tensors(dp.param, dp.shadow)
+                swap_contents(dp.param, dp.shadow)
         if unit.slot is not None:
             self._give_slot(unit.slot)
             unit.slot = None
