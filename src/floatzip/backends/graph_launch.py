@@ -6,41 +6,44 @@ Python that queues each kernel. On the H200 run of gpu_check.py, a
 Llama-3-8B-shaped stack took 22.9 ms a token on BF16 weights (6.1 ms as one
 CUDA graph: the rest is the host's) and 29.9 ms with one decode a layer
 (24.4 ms as a graph). The decode call is the only host work that stack adds,
-so it cost the host ~0.2 ms a layer: inferred from those totals, not timed
-(gpu_check.py now times it). Nearly all of it is Triton's JIT dispatch
-(binding 18 arguments, the cache key, the launcher); floatzip's own part
-measured ~5 us. A CUDA graph holding the launch replays with one driver
-call.
+so it seems to have cost the host ~0.2 ms a layer: inferred from those
+totals, not timed, and more than its parts explain on this project's CPU
+(floatzip's own Python ~2 us, Triton 3.6's dispatch ~10 us before its C
+launcher). gpu_check.py now times one call each way. Whatever the launch
+path costs, a CUDA graph holding the launch replays with one driver call.
 
 :class:`GraphLauncher` launches directly the first time it sees a key (the
-output address and the kernel build): that launch compiles and loads the
-kernel if needed, which a capture must not do, and a buffer used once never
-costs a capture. The second time it captures the launch as a graph, and from
-then on replays it. A graph bakes in its arguments, so a key must name
-everything a launch can vary (the caller's other buffers must stay put for
-the graph's life). It launches directly while the current stream is being
-captured (the caller's own graph then records the kernel) and, for good,
-after a capture fails (with a warning saying why).
+output address, the kernel build and anything else a launch bakes in): that
+launch compiles and loads the kernel if needed, which a capture must not do,
+and a buffer used once never costs a capture. The second time it captures
+the launch as a graph, and from then on replays it. Graphs are kept for the
+first MAX_GRAPHS keys seen twice; later keys launch directly, so buffers
+used in rotation never make it capture again and again. It launches
+directly while the current stream is being captured (the caller's own graph
+then records the kernel) and, for good on that device, after a capture
+fails, with a warning saying why (torch before 2.12 may leave its random
+generator or allocator marked as capturing after a failed capture; none
+has been seen to fail).
+
+Each graph gets its own memory pool (``capture_begin`` without ``pool=``):
+the launch allocates nothing, so the pool stays empty and goes with its
+graph. One pool shared by every graph would not do: once all its graphs
+are gone, torch refuses to capture into it again until ``empty_cache()``.
+A graph still queued when it is dropped is freed by CUDA once it has run.
 """
 from __future__ import annotations
 
+import contextlib
+import gc
 import warnings
 from collections.abc import Callable, Hashable
 
 import torch
 
-MAX_GRAPHS = 4          # per launcher: one per output buffer reused lately
-MAX_SEEN = 16           # keys launched once, remembered to capture on the second
+MAX_GRAPHS = 4          # per launcher: graphs for the first output buffers reused
+MAX_SEEN = 64           # keys launched once, remembered until their second use
 
-_pools: dict[int, tuple] = {}
-
-
-def _pool(device: torch.device):
-    """One memory pool for every graph on a device: the launches allocate
-    nothing, so it stays empty, but each capture needs one."""
-    if device.index not in _pools:
-        _pools[device.index] = torch.cuda.graph_pool_handle()
-    return _pools[device.index]
+_failed: dict[int | None, str] = {}     # device index -> why a capture failed there
 
 
 class GraphLauncher:
@@ -49,35 +52,46 @@ class GraphLauncher:
     def __init__(self, device: torch.device):
         self.device = device
         self._graphs: dict[Hashable, torch.cuda.CUDAGraph] = {}
-        self._seen: dict[Hashable, None] = {}       # insertion-ordered set
+        self._seen: set[Hashable] = set()
         self._stream: torch.cuda.Stream | None = None
-        self.failed: str | None = None      # why capturing stopped, once it has
         self.captures = 0
         self.replays = 0
 
+    @property
+    def failed(self) -> str | None:
+        """Why capturing stopped on this device, once it has."""
+        return _failed.get(self.device.index)
+
     def launch(self, key: Hashable, launch_directly: Callable[[], None]) -> None:
-        """Queue ``launch_directly``'s kernel on the current stream: the
-        graph captured for ``key``, captured now if there is none."""
-        if self.failed is not None or torch.cuda.is_current_stream_capturing():
-            launch_directly()
+        """Queue ``launch_directly``'s kernel on the current stream: as the
+        graph captured for ``key`` when there is one (captured now on the
+        key's second use), else directly."""
+        if torch.cuda.is_current_stream_capturing():
+            launch_directly()           # the caller's graph records the kernel itself
             return
         graph = self._graphs.get(key)
         if graph is None:
-            if key not in self._seen:
-                if len(self._seen) >= MAX_SEEN:
-                    del self._seen[next(iter(self._seen))]
-                self._seen[key] = None
-                launch_directly()
-                return
-            graph = self._capture(launch_directly)
+            graph = self._new_graph(key, launch_directly)
             if graph is None:
                 launch_directly()
                 return
-            if len(self._graphs) >= MAX_GRAPHS:
-                self._drop(next(iter(self._graphs)))        # the oldest
-            self._graphs[key] = graph
         graph.replay()
         self.replays += 1
+
+    def _new_graph(self, key, launch_directly) -> torch.cuda.CUDAGraph | None:
+        """The graph for a key that has none yet, or None: launch directly."""
+        if self.failed is not None or len(self._graphs) >= MAX_GRAPHS:
+            return None
+        if key not in self._seen:
+            if len(self._seen) >= MAX_SEEN:
+                self._seen.clear()
+            self._seen.add(key)
+            return None
+        graph = self._capture(launch_directly)
+        if graph is not None:
+            self._seen.discard(key)
+            self._graphs[key] = graph
+        return graph
 
     def _capture(self, launch_directly) -> torch.cuda.CUDAGraph | None:
         """The launch recorded (not run) on a side stream; None, with a
@@ -85,33 +99,31 @@ class GraphLauncher:
         if self._stream is None:
             self._stream = torch.cuda.Stream(self.device)
         graph = torch.cuda.CUDAGraph()
+        collecting = gc.isenabled()
+        # A collection inside the capture could free another CUDA graph or
+        # (Triton >= 3.7) unload a kernel module: either breaks the capture.
+        gc.disable()
         try:
             with torch.cuda.device(self.device), torch.cuda.stream(self._stream):
-                # thread_local: another thread's CUDA calls during these
+                # thread_local: other threads' CUDA calls during these few
                 # microseconds neither break the capture nor fail themselves.
-                graph.capture_begin(pool=_pool(self.device), capture_error_mode="thread_local")
+                graph.capture_begin(capture_error_mode="thread_local")
                 try:
                     launch_directly()
-                finally:
-                    graph.capture_end()
-        except Exception as exc:        # CUDA or Triton refusing; launch directly from now on
-            self.failed = f"{type(exc).__name__}: {exc}"
-            self.clear()
-            warnings.warn(f"floatzip: the decode launch could not be captured as a CUDA graph "
-                          f"({self.failed}); launching it directly from now on, which costs "
-                          "more host time a call", RuntimeWarning, stacklevel=3)
+                except BaseException:
+                    with contextlib.suppress(Exception):    # keep the first error
+                        graph.capture_end()
+                    raise
+                graph.capture_end()
+        except Exception as exc:        # CUDA or Triton refusing: direct launches from now on
+            _failed[self.device.index] = f"{type(exc).__name__}: {exc}"
+            warnings.warn(f"floatzip: a decode launch could not be captured as a CUDA graph on "
+                          f"{self.device} ({self.failed}); decodes there launch directly from "
+                          "now on, which costs more host time a call", RuntimeWarning,
+                          stacklevel=5)
             return None
+        finally:
+            if collecting:
+                gc.enable()
         self.captures += 1
         return graph
-
-    def _drop(self, key) -> None:
-        # A replay of it may still be queued: let it finish first (rare:
-        # a fifth output buffer).
-        torch.cuda.synchronize(self.device)
-        del self._graphs[key]
-
-    def clear(self) -> None:
-        """Drop every graph."""
-        if self._graphs:
-            torch.cuda.synchronize(self.device)
-            self._graphs.clear()

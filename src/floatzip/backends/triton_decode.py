@@ -47,8 +47,7 @@ raw_ahead=None, prefetch=None, staging=None, launch=None)``
     buffer the decoder allocates once and reuses. It returns views of that
     buffer, in the order of ``tensors``; a raw-codec tensor comes back as a
     view of its stored bytes (no copy: do not write to it). Nothing in it
-    waits for the device (but dropping a CUDA graph does, when a fifth
-    reused output buffer displaces one: graph_launch.MAX_GRAPHS).
+    waits for the device.
     ``.check()`` waits for the device and raises CorruptDataError if any
     lane decoded since the last check did not end exactly where its size
     says, or left non-zero padding bits (the checks numpy_ref makes).
@@ -1097,7 +1096,10 @@ class DeviceBlockDecoder:
         if launch == "graph" and self.device.type != "cuda":
             raise UnsupportedError(f"launch='graph' replays CUDA graphs, which {self.device} "
                                    "cannot; use launch='direct'")
-        self._graphs = GraphLauncher(self.device) if launch == "graph" else None
+        if launch == "direct":
+            self._graphs = None
+        elif getattr(self, "_graphs", None) is None:     # "graph" again keeps its graphs
+            self._graphs = GraphLauncher(self.device)
 
     @property
     def nbytes(self) -> int:
@@ -1115,9 +1117,10 @@ class DeviceBlockDecoder:
         if self._graphs is None:
             self._launch_direct(out)
         else:
-            # A graph bakes in every argument: the output address and the
-            # build are all that can change (the rest is this decoder's).
-            self._graphs.launch((out.data_ptr(), self.build), lambda: self._launch_direct(out))
+            # A graph bakes in every argument: what a caller can change is
+            # the output, the build and (with it, by hand) the fifo scratch.
+            self._graphs.launch((out.data_ptr(), self.build, self.fifo.data_ptr()),
+                                lambda: self._launch_direct(out))
 
     def _launch_direct(self, out: torch.Tensor) -> None:
         resolve_build(*self.build)          # TRITON_INTERPRET is read at launch
