@@ -6,7 +6,8 @@ without a GPU: the static half of the decoder's speed.
 Builds the decode kernel for sm_<capability> in the builds BUILDS names
 (decode tables read through L1 or from shared memory, 8 or 16 raw rows in
 flight, prefetching or not, payload words staged through a cp.async FIFO
-or not; the third and fourth are what a GPU launches by default) and the
+or not, registers capped at 64 a thread or not; the third and fourth are
+what a GPU launches by default) and the
 kernel shape the block decoder uses by default (4 groups
 of 32 lanes, 4 warps), disassembles
 it with the cuobjdump that ships in Triton's wheel, and counts the SASS
@@ -19,7 +20,11 @@ these instructions would write at most
 
 That ceiling is a model, not a measurement: latency, memory wavefronts
 (the L1-table build spends ~28 on its 32-lane table gather) and occupancy
-keep a real run below it. GPU timings come only from benchmarks/gpu_check.py.
+keep a real run below it. The table also gives each build's registers,
+the local-memory (spill) instructions in each loop, and the threads an SM
+holds at that register count (H200: 65,536 registers, 2,048 threads): the
+more warps resident, the more of a step's latency they hide. GPU timings
+come only from benchmarks/gpu_check.py.
 """
 from __future__ import annotations
 
@@ -34,10 +39,20 @@ from floatzip.backends import triton_build  # noqa: E402
 from floatzip.backends import triton_decode as td  # noqa: E402
 
 H200_ISSUE_PER_S = 132 * 4 * 1.98e9
-# (table memory, prefetch, raw rows in flight, staging)
-BUILDS = [("global", "none", 8, "none"), ("shared", "none", 8, "none"),
-          ("shared", "none", 16, "none"), ("shared", td.AUTO_PREFETCH, 16, "none"),
-          ("shared", "none", 16, "async"), ("shared", td.AUTO_PREFETCH, 16, "async")]
+# (table memory, prefetch, raw rows in flight, staging, register cap)
+BUILDS = [("global", "none", 8, "none", 0), ("shared", "none", 8, "none", 0),
+          ("shared", "none", 16, "none", 0), ("shared", td.AUTO_PREFETCH, 16, "none", 0),
+          ("shared", "none", 16, "async", 0), ("shared", td.AUTO_PREFETCH, 16, "async", 0),
+          ("shared", "none", 16, "none", 64), ("shared", "none", 16, "async", 64)]
+H200_REGISTERS = 65536          # a multiprocessor's register file, 32-bit registers
+H200_THREADS = 2048             # threads a multiprocessor holds at most
+
+
+def resident_threads(registers: int, num_warps: int) -> int:
+    """Threads of whole programs a multiprocessor holds at once when the
+    register file is what limits it (registers go 8 a thread at a time)."""
+    per_program = -(-registers // 8) * 8 * 32 * num_warps
+    return min(H200_REGISTERS // per_program * 32 * num_warps, H200_THREADS)
 STORE_BYTES = {"STG.E.U8": 1, "STG.E.U16": 2, "STG.E": 4}
 
 
@@ -64,23 +79,26 @@ def main() -> None:
     lines = [f"Decode kernel, sm_{args.capability}, {args.groups} groups a program, "
              f"{args.warps} warps, Triton {triton.__version__} (static SASS counts; the "
              "ceiling is a model, not a timing)", "",
-             "| table memory | prefetch | raw rows in flight | staging | value bytes | loop | "
-             "SASS instr / value step | registers | issue-bound ceiling, H200 |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for memory, prefetch, raw_ahead, staging in BUILDS:
+             "| table memory | prefetch | raw rows in flight | staging | register cap | "
+             "value bytes | loop | SASS instr / value step | registers | spill ops in loop | "
+             "threads an SM | issue-bound ceiling, H200 |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for memory, prefetch, raw_ahead, staging, cap in BUILDS:
         compiled = triton_build.compile_decoder(args.capability, args.groups, args.warps, memory,
-                                                raw_ahead, prefetch, staging)
+                                                raw_ahead, prefetch, staging, cap)
         cubin = compiled.asm["cubin"]
         usage = triton_build.resource_usage(cubin)
-        regs = re.search(r"REG:(\d+)", usage).group(1)
+        regs = int(re.search(r"REG:(\d+)", usage).group(1))
+        threads = resident_threads(regs, args.warps)
         for loop in triton_build.decode_loops(triton_build.sass(cubin)):
             steps = sum("STG" in op for op in loop)
             per_step = len(loop) / steps
             nbytes = store_width(loop)
             ceiling = H200_ISSUE_PER_S * 32 * nbytes / per_step
             kind = f"unmasked, {steps} steps an iteration" if steps > 1 else "masked (tails)"
-            lines.append(f"| {memory} | {prefetch} | {raw_ahead} | {staging} | {nbytes} | {kind} | "
-                         f"{per_step:.1f} | {regs} | "
+            spills = sum("LDL" in op or "STL" in op for op in loop)
+            lines.append(f"| {memory} | {prefetch} | {raw_ahead} | {staging} | {cap or '-'} | "
+                         f"{nbytes} | {kind} | {per_step:.1f} | {regs} | {spills} | {threads} | "
                          f"{ceiling / 1e12:.2f} TB/s |")
     table = "\n".join(lines)
     print(table)

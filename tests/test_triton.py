@@ -11,6 +11,7 @@ rejects still fails here.
 from __future__ import annotations
 
 import os
+import re
 
 import numpy as np
 import pytest
@@ -469,7 +470,8 @@ def test_a_gpu_launch_gets_the_arguments_of_its_build(monkeypatch):
     assert tensor_args == [n for n, t in triton_build.SIGNATURE.items() if t != "constexpr"]
     for build in (td.CUDA_BUILD._replace(prefetch="L2"), td.CUDA_BUILD._replace(prefetch="none"),
                   td.KernelBuild("shared", "none", 16, "async"),
-                  td.KernelBuild("global", "none", 8, "fifo")):
+                  td.KernelBuild("global", "none", 8, "fifo"),
+                  td.KernelBuild("shared", "none", 16, "none", 64)):
         dec.build = build
         dec.decode()
         grid, args, kw = launches[-1]
@@ -477,7 +479,8 @@ def test_a_gpu_launch_gets_the_arguments_of_its_build(monkeypatch):
         assert args == (dec.desc, dec.table, dec.lane_bits, dec.payload, dec.raw, args[5],
                         dec.errors, dec.fifo)
         assert len(args) == len(tensor_args)
-        assert kw == {**td.kernel_constants(4, 4, build), "num_warps": 4}
+        cap = {"maxnreg": build.max_registers} if build.max_registers else {}
+        assert kw == {**td.kernel_constants(4, 4, build), "num_warps": 4, **cap}
         assert kw["STAGING"] == td.STAGINGS.index(build.staging)
 
 
@@ -591,9 +594,9 @@ def assert_compiles(capability, groups, num_warps, build):
     step in the unmasked loops (one with a staged payload) and none in the
     masked ones; the "async" build copies, commits and waits once a step
     in the unmasked loops, and reads its FIFO from shared memory."""
-    table_memory, prefetch, raw_ahead, staging = build
+    table_memory, prefetch, raw_ahead, staging, *max_registers = build
     compiled = triton_build.compile_decoder(capability, groups, num_warps, table_memory,
-                                            raw_ahead, prefetch, staging)
+                                            raw_ahead, prefetch, staging, *max_registers)
     if prefetch == "auto":
         prefetch = td.AUTO_PREFETCH      # what a launch small enough gets
     cubin, ptx = compiled.asm["cubin"], compiled.asm["ptx"]
@@ -661,6 +664,27 @@ def test_compiles_for(capability, build):
 def test_cuda_default_build_compiles_for(capability):
     """What a GPU launches by default (CUDA_BUILD), for Ampere and Hopper."""
     assert_compiles(capability, 4, 4, td.CUDA_BUILD)
+
+
+@needs_nvidia_backend
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("staging", ["none", "async"])
+def test_register_cap(staging):
+    """max_registers reaches ptxas: the default build (72-80 registers a
+    thread uncapped, 7 programs an SM) capped at 64 (8 programs) uses no
+    more and spills nothing inside its decode loops."""
+    if triton_build.cuda_tool("cuobjdump") is None:
+        pytest.skip("this Triton wheel ships no cuobjdump")
+    build = td.CUDA_BUILD._replace(prefetch="none", staging=staging, max_registers=64)
+    compiled = triton_build.compile_decoder(90, 4, 4, **build._asdict())
+    registers = int(re.search(r"REG:(\d+)", triton_build.resource_usage(compiled.asm["cubin"]))[1])
+    assert registers <= 64
+    loops = triton_build.decode_loops(triton_build.sass(compiled.asm["cubin"]))
+    assert len(loops) == 6
+    assert not [op for loop in loops for op in loop if "LDL" in op or "STL" in op]
+    with pytest.raises(DecoderArgumentError, match="max_registers"):
+        td.resolve_build(max_registers=60, interpreted=False)
+    assert td.resolve_build(max_registers=64, interpreted=True).max_registers == 0
 
 
 def test_lane_ending_in_a_wrong_state_is_flagged(device):

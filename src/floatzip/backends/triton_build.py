@@ -5,13 +5,14 @@ prove that every build of the kernel compiles (tests/test_triton.py) and
 benchmarks/kernel_sass.py can count what one decode step costs in SASS
 instructions, the static half of a GPU timing.
 
-``compile_decoder(capability, groups, num_warps, table_memory, raw_ahead, prefetch, staging)``
+``compile_decoder(capability, groups, num_warps, table_memory, raw_ahead, prefetch, staging,
+max_registers)``
     The decode kernel exactly as ``DeviceBlockDecoder`` launches it on a
     CUDA device, for ``sm_<capability>``, with its tables read through L1
     ("global") or from shared memory ("shared"), prefetching into "L1",
     "L2" or not ("none"), payload words staged ("fifo", "async") or not
-    ("none"); None picks CUDA_BUILD's choice, "auto" compiles the
-    prefetching build. Returns Triton's CompiledKernel
+    ("none"), registers capped or not (0); None picks CUDA_BUILD's
+    choice, "auto" compiles the prefetching build. Returns Triton's CompiledKernel
     (``.asm["ptx"]``, ``.asm["cubin"]``).
 ``cuda_tool(name)``
     Path of cuobjdump / nvdisasm as shipped inside Triton's wheel, or None.
@@ -41,20 +42,23 @@ SIGNATURE = {
 
 def compile_decoder(capability: int, groups: int, num_warps: int,
                     table_memory: str | None = None, raw_ahead: int | None = None,
-                    prefetch: str | None = None, staging: str | None = None):
+                    prefetch: str | None = None, staging: str | None = None,
+                    max_registers: int | None = None):
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.runtime.jit import JITFunction
 
-    build = td.resolve_build(table_memory, prefetch, raw_ahead, interpreted=False,
-                             staging=staging)
+    build = td.resolve_build(table_memory, prefetch, raw_ahead, staging, max_registers,
+                             interpreted=False)
     if build.prefetch == "auto":
         build = build._replace(prefetch=td.AUTO_PREFETCH)
     src = triton.compiler.ASTSource(
         fn=JITFunction(td.KERNELS["decode"]), signature=SIGNATURE,
         constexprs=td.kernel_constants(groups, num_warps, build))
-    return triton.compile(src, target=GPUTarget("cuda", capability, 32),
-                          options={"num_warps": num_warps})
+    options = {"num_warps": num_warps}
+    if build.max_registers:
+        options["maxnreg"] = build.max_registers
+    return triton.compile(src, target=GPUTarget("cuda", capability, 32), options=options)
 
 
 def cuda_tool(name: str) -> str | None:

@@ -17,11 +17,12 @@ Host API
     ``.decode(out=None) -> torch.Tensor`` decodes it (one launch).
 
 ``DeviceBlockDecoder(tensors, *, groups_per_program=4, num_warps=4, table_memory=None,
-raw_ahead=None, prefetch=None, staging=None, launch=None)``
+raw_ahead=None, prefetch=None, staging=None, max_registers=None, launch=None)``
     Concatenates the buffers of several DeviceCodedTensors (one transformer
     block, say) once, and builds one descriptor row per program.
-    ``table_memory``, ``prefetch``, ``raw_ahead`` and ``staging`` pick the
-    build of the kernel (``.build``, a KernelBuild): ``table_memory``
+    ``table_memory``, ``prefetch``, ``raw_ahead``, ``staging`` and
+    ``max_registers`` pick the build of the kernel (``.build``, a
+    KernelBuild): ``table_memory``
     "global" reads decode tables through L1, "shared" first copies each program's table
     to shared memory and reads it with inline PTX; ``prefetch`` "L1" or
     "L2" prefetches payload words and raw rows into that cache level
@@ -30,7 +31,9 @@ raw_ahead=None, prefetch=None, staging=None, launch=None)``
     ``staging`` "async" stages payload words through a per-lane FIFO in
     shared memory filled by cp.async (inline PTX), "fifo" through one in
     global scratch memory with plain loads and stores, "none" loads them
-    directly (STAGINGS says more). Inline PTX runs on CUDA only; None
+    directly (STAGINGS says more); ``max_registers`` caps the registers of
+    a thread (ptxas's maxnreg: more resident warps, maybe spills), 0 does
+    not. Inline PTX runs on CUDA only; None
     takes CUDA_BUILD on a GPU and INTERPRETER_BUILD (no inline PTX) under
     TRITON_INTERPRET=1.
     ``launch`` is how the kernel is queued (LAUNCHES): "graph" (the default
@@ -568,6 +571,7 @@ class KernelBuild(NamedTuple):
     prefetch: str           # PREFETCHES, or "auto" before a decoder resolves it
     raw_ahead: int          # raw rows in flight, a power of two up to MAX_RAW_AHEAD
     staging: str = "none"   # STAGINGS: how lanes get their payload words
+    max_registers: int = 0  # registers a thread at most (ptxas maxnreg); 0: ptxas decides
 
 
 # The build a decoder gets for what its caller leaves None. On CUDA, the
@@ -580,8 +584,8 @@ class KernelBuild(NamedTuple):
 # slots and L1 room: "auto" prefetches (AUTO_PREFETCH) below
 # PREFETCH_LANES_PER_SM lanes per multiprocessor. The interpreter runs no
 # inline PTX.
-# The staged payloads (STAGINGS) are not timed yet: none until a GPU run
-# says otherwise.
+# The staged payloads (STAGINGS) and register caps are not timed yet: none
+# until a GPU run says otherwise.
 CUDA_BUILD = KernelBuild("shared", "auto", 16, "none")
 INTERPRETER_BUILD = KernelBuild("global", "none", RAW_AHEAD, "none")
 AUTO_PREFETCH = "L2"            # L1 and L2 measured the same
@@ -624,15 +628,18 @@ def kernel_constants(groups_per_program: int, num_warps: int, build: KernelBuild
 
 
 def resolve_build(table_memory: str | None = None, prefetch: str | None = None,
-                  raw_ahead: int | None = None, staging: str | None = None, *,
+                  raw_ahead: int | None = None, staging: str | None = None,
+                  max_registers: int | None = None, *,
                   interpreted: bool | None = None) -> KernelBuild:
     """The build with the defaults filled in for where the kernel runs
     (CUDA_BUILD, INTERPRETER_BUILD), checked: inline-PTX builds run on CUDA
-    only. ``prefetch`` may stay "auto" (DeviceBlockDecoder resolves it)."""
+    only. ``prefetch`` may stay "auto" (DeviceBlockDecoder resolves it).
+    The interpreter has no registers: there ``max_registers`` becomes 0."""
     interpreted = interpreting() if interpreted is None else interpreted
     defaults = INTERPRETER_BUILD if interpreted else CUDA_BUILD
     build = KernelBuild(*(d if v is None else v for v, d in
-                          zip((table_memory, prefetch, raw_ahead, staging), defaults)))
+                          zip((table_memory, prefetch, raw_ahead, staging, max_registers),
+                              defaults)))
     if build.table_memory not in TABLE_MEMORIES:
         raise DecoderArgumentError(f"table_memory must be one of {TABLE_MEMORIES}, "
                                    f"got {build.table_memory!r}")
@@ -645,6 +652,11 @@ def resolve_build(table_memory: str | None = None, prefetch: str | None = None,
     if not isinstance(ahead, int) or not 1 <= ahead <= MAX_RAW_AHEAD or ahead & (ahead - 1):
         raise DecoderArgumentError(f"raw_ahead must be a power of two from 1 to "
                                    f"{MAX_RAW_AHEAD}, got {ahead!r}")
+    cap = build.max_registers
+    if not isinstance(cap, int) or not (cap == 0 or 32 <= cap <= 255 and cap % 8 == 0):
+        # ptxas hands registers out 8 a thread at a time: other caps round.
+        raise DecoderArgumentError(f"max_registers must be 0 (no cap) or a multiple of 8 "
+                                   f"from 32 to 248, got {cap!r}")
     if interpreted:
         for option, value, runs in (("table_memory", build.table_memory, ("global",)),
                                     ("prefetch", build.prefetch, ("none", "auto")),
@@ -655,6 +667,7 @@ def resolve_build(table_memory: str | None = None, prefetch: str | None = None,
                     f"use {option}={runs[0]!r} there")
         if build.prefetch == "auto":
             build = build._replace(prefetch="none")
+        build = build._replace(max_registers=0)
     return build
 
 
@@ -930,7 +943,8 @@ class DeviceBlockDecoder:
     def __init__(self, tensors: Sequence[DeviceCodedTensor], *, groups_per_program: int = 4,
                  num_warps: int = 4, device=None, table_memory: str | None = None,
                  raw_ahead: int | None = None, prefetch: str | None = None,
-                 staging: str | None = None, launch: str | None = None):
+                 staging: str | None = None, max_registers: int | None = None,
+                 launch: str | None = None):
         tensors = list(tensors)
         if not tensors:
             raise DecoderArgumentError("DeviceBlockDecoder needs at least one tensor")
@@ -944,7 +958,8 @@ class DeviceBlockDecoder:
             raise UnsupportedError(f"tensors of one block lie on several devices: {sorted(map(str, devices))}")
         self.device = _device(device if device is not None else tensors[0].device)
         self._build([(t.name, t.dtype, t.shape, t.geometry, t.parts, t.data) for t in tensors],
-                    groups_per_program, num_warps, table_memory, raw_ahead, prefetch, staging)
+                    groups_per_program, num_warps,
+                    (table_memory, prefetch, raw_ahead, staging, max_registers))
         self.launch = launch
 
     @classmethod
@@ -952,7 +967,8 @@ class DeviceBlockDecoder:
                      names: Sequence[str] | None = None, groups_per_program: int = 4,
                      num_warps: int = 4, table_memory: str | None = None,
                      raw_ahead: int | None = None, prefetch: str | None = None,
-                     staging: str | None = None, launch: str | None = None) -> DeviceBlockDecoder:
+                     staging: str | None = None, max_registers: int | None = None,
+                     launch: str | None = None) -> DeviceBlockDecoder:
         """Build on the host and upload each concatenated buffer once."""
         encoded = list(encoded)
         names = list(names) if names is not None else [None] * len(encoded)
@@ -971,13 +987,14 @@ class DeviceBlockDecoder:
             else:
                 items.append((nm, enc.dtype, tuple(enc.shape), enc.geometry,
                               _host_parts(enc, f"tensor {nm!r}" if nm else "tensor"), None))
-        self._build(items, groups_per_program, num_warps, table_memory, raw_ahead, prefetch,
-                    staging)
+        self._build(items, groups_per_program, num_warps,
+                    (table_memory, prefetch, raw_ahead, staging, max_registers))
         self.launch = launch
         return self
 
-    def _build(self, items, groups_per_program: int, num_warps: int, table_memory: str | None,
-               raw_ahead: int | None, prefetch: str | None, staging: str | None) -> None:
+    def _build(self, items, groups_per_program: int, num_warps: int, options: tuple) -> None:
+        """``options``: resolve_build's arguments, the caller's Nones included."""
+        staging = options[3]
         if groups_per_program < 1 or groups_per_program & (groups_per_program - 1):
             raise UnsupportedError(f"groups_per_program must be a power of two, got {groups_per_program}")
         if staging == "async" and not num_warps <= groups_per_program <= MAX_ASYNC_GROUPS:
@@ -989,7 +1006,7 @@ class DeviceBlockDecoder:
                 f"staging='async' needs num_warps <= groups_per_program <= {MAX_ASYNC_GROUPS} "
                 f"(one thread per lane at least), got {groups_per_program} groups and "
                 f"{num_warps} warps")
-        build = resolve_build(table_memory, prefetch, raw_ahead, staging=staging)
+        build = resolve_build(*options)
         self.groups_per_program = groups_per_program
         self.num_warps = num_warps
         self.names = [it[0] for it in items]
@@ -1083,6 +1100,10 @@ class DeviceBlockDecoder:
         return self.build.staging
 
     @property
+    def max_registers(self) -> int:
+        return self.build.max_registers
+
+    @property
     def launch(self) -> str:
         """How launches are queued: "graph" or "direct" (LAUNCHES)."""
         return "direct" if self._graphs is None else "graph"
@@ -1129,7 +1150,8 @@ class DeviceBlockDecoder:
             self.desc, self.table, self.lane_bits, self.payload, self.raw, out, self.errors,
             self.fifo,
             **kernel_constants(self.groups_per_program, self.num_warps, self.build),
-            num_warps=self.num_warps)
+            num_warps=self.num_warps,
+            **({"maxnreg": self.build.max_registers} if self.build.max_registers else {}))
 
     def decode(self, out: torch.Tensor | None = None) -> list[torch.Tensor]:
         """Decode every tensor with one launch; see the module docstring."""
