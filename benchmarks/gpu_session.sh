@@ -20,7 +20,7 @@ out="${OUT:-.}"
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader || true
 python -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
 
-timeout "${GPU_CHECK_S:-360}" python benchmarks/gpu_check.py 2>&1 | tee "$out/gpu_check.log"
+timeout "${GPU_CHECK_S:-390}" python benchmarks/gpu_check.py 2>&1 | tee "$out/gpu_check.log"
 echo "gpu_check exit: ${PIPESTATUS[0]}"
 
 # Real CUDA graphs in test_graph_launch.py; every kernel build runs on CUDA in
@@ -29,7 +29,7 @@ echo "gpu_check exit: ${PIPESTATUS[0]}"
 args=(-q -p no:cacheprovider)
 python -c "import xdist" 2>/dev/null && args+=(-n 8)
 python -c "import pytest_timeout" 2>/dev/null && args+=(--timeout 240)
-timeout "${TESTS_S:-180}" python -m pytest "${args[@]}" tests/test_graph_launch.py tests/test_triton.py \
+timeout "${TESTS_S:-170}" python -m pytest "${args[@]}" tests/test_graph_launch.py tests/test_triton.py \
     tests/test_torch_loading.py tests/test_torch_onthefly.py tests/test_torch_errors.py \
     2>&1 | tail -40 | tee "$out/cuda_tests.log"
 echo "tests exit: ${PIPESTATUS[0]}"

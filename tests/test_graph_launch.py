@@ -177,6 +177,18 @@ def test_a_failed_capture_falls_back_to_direct_launches_for_good(fake):
     assert other._graphs.failed and other._graphs.captures == 0
 
 
+def test_a_launch_that_refuses_its_arguments_raises_inside_a_capture_too(fake):
+    """The caller's error, not a failed capture: graphs stay on."""
+    encs, _ = coded_block(7)
+    dec = graph_decoder(torch.device("cpu"), encs)
+    out = dec.new_output()
+    dec.build = dec.build._replace(prefetch="auto")     # unresolved: launches refuse it
+    for _ in range(2):                                  # direct, then inside a capture
+        with pytest.raises(DecoderArgumentError, match="prefetch 'auto' is not resolved"):
+            dec.decode(out)
+    assert dec._graphs.failed is None and fake.capturing is None
+
+
 def test_graphs_for_the_first_buffers_reused_then_direct_launches(fake):
     """Buffers in rotation must not make it capture again and again."""
     encs, refs = coded_block(3)

@@ -677,6 +677,7 @@ def test_register_cap(staging):
         pytest.skip("this Triton wheel ships no cuobjdump")
     build = td.CUDA_BUILD._replace(prefetch="none", staging=staging, max_registers=64)
     compiled = triton_build.compile_decoder(90, 4, 4, **build._asdict())
+    assert ".maxnreg 64" in compiled.asm["ptx"]
     registers = int(re.search(r"REG:(\d+)", triton_build.resource_usage(compiled.asm["cubin"]))[1])
     assert registers <= 64
     loops = triton_build.decode_loops(triton_build.sass(compiled.asm["cubin"]))

@@ -40,6 +40,8 @@ from collections.abc import Callable, Hashable
 
 import torch
 
+from ..errors import FloatzipError
+
 MAX_GRAPHS = 4          # per launcher: graphs for the first output buffers reused
 MAX_SEEN = 64           # keys launched once, remembered until their second use
 
@@ -115,12 +117,14 @@ class GraphLauncher:
                         graph.capture_end()
                     raise
                 graph.capture_end()
+        except FloatzipError:           # the launch's own complaint: no fault of capturing
+            raise
         except Exception as exc:        # CUDA or Triton refusing: direct launches from now on
             _failed[self.device.index] = f"{type(exc).__name__}: {exc}"
             warnings.warn(f"floatzip: a decode launch could not be captured as a CUDA graph on "
                           f"{self.device} ({self.failed}); decodes there launch directly from "
                           "now on, which costs more host time a call", RuntimeWarning,
-                          stacklevel=5)
+                          stacklevel=6)     # the caller of DeviceBlockDecoder.decode
             return None
         finally:
             if collecting:
