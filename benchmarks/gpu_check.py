@@ -13,7 +13,7 @@ Stages (each one catches its own errors, prints them and lets the rest run):
              work and is not what this script measures).
   2. decode  decode throughput (output bytes / median time, triton.testing.do_bench,
              which flushes L2 between runs) per matrix and for the whole block in
-             one launch, for two kernel shapes and each build in BUILDS (table
+             one launch, for each build in BUILDS at 4 groups of 4 warps (table
              through L1 or in shared memory, prefetching or not, payload words
              staged through a FIFO or not; the best also
              with 16 raw rows in flight, and with its registers capped for more
