@@ -277,3 +277,6 @@ def test_causal_lm_is_bit_exact_on_cuda(causal_lm, decode):
     ids, mask = (t.cuda() for t in padded_batch())
     assert_same_outputs(reference, model, ids, mask)
     assert torch.equal(generate(reference, ids, mask), generate(model, ids, mask))
+    if decode == "on_the_fly":      # generation replayed each block's decode as a CUDA graph
+        launchers = [u.decoder._decoder._graphs for u in model.floatzip_decoder.units]
+        assert all(g is not None and g.failed is None and g.replays > 0 for g in launchers)
