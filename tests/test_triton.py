@@ -363,8 +363,8 @@ def test_worst_lane_stays_inside_the_buffers(device, monkeypatch, groups_per_pro
         pytest.skip("watches the interpreter's memory accesses")
     from triton.runtime import interpreter
     rng = np.random.default_rng(13)
-    k = 32
-    symbols = np.tile(np.arange(4096, dtype=np.uint32), 2)     # 8 full groups of 32 lanes
+    k = 48          # 8 groups of 48-symbol lanes: unmasked steps past the FIFO's depth
+    symbols = np.tile(np.arange(4096, dtype=np.uint32), 3)     # 8 full groups of 32 lanes
     rng.shuffle(symbols)
     rotated = (symbols << np.uint32(20)) | rng.integers(0, 1 << 20, symbols.size, dtype=np.uint32)
     bits = (rotated >> np.uint32(1)) | ((rotated & np.uint32(1)) << np.uint32(31))

@@ -191,13 +191,17 @@ RAW_PREFETCH_ROWS = tl.constexpr(16)
 # copy group and waits for all but the FIFO_WAIT newest, so a word read
 # has landed. Only the unmasked phase stages; the masked one loads directly.
 STAGINGS = ("none", "fifo", "async")
-FIFO_SLOTS = tl.constexpr(8)        # words a lane's FIFO holds (power of two)
-FIFO_AHEAD = tl.constexpr(4)        # words requested past the look-ahead word
+FIFO_SLOTS = tl.constexpr(16)       # words a lane's FIFO holds (power of two)
+FIFO_AHEAD = tl.constexpr(8)        # words requested past the look-ahead word
 # A step reads at most 12 bits and a lane enters a word at bit 11 at the
 # latest, so FIFO_AHEAD word moves take at least this many steps:
-FIFO_MIN_STEPS = -(-(32 * FIFO_AHEAD.value - 11) // 12)     # 10
+FIFO_MIN_STEPS = -(-(32 * FIFO_AHEAD.value - 11) // 12)     # 21
 # Copy groups left in flight when a step waits (the group of the step that
 # requested the word a lane reads next is at least FIFO_MIN_STEPS back).
+# The wait holds every copy to this many steps, though a lane reads its word
+# ~70 steps after asking at ~3.5 bits a symbol: the worst lane sets it. At
+# 4 words ahead it was 8 steps, which at the ~60 ns a step the kernel could
+# reach would be shorter than a loaded DRAM round trip.
 FIFO_WAIT = FIFO_MIN_STEPS - 2
 FIFO_COPY = tl.constexpr(
     "{ .reg .u32 %fz_at; .reg .pred %fz_p; mov.u32 %fz_at, floatzip_payload_fifo; "
@@ -206,9 +210,9 @@ FIFO_COPY = tl.constexpr(
 FIFO_FENCE = tl.constexpr(
     f"cp.async.commit_group; cp.async.wait_group {FIFO_WAIT}; mov.u32 $0, 0;")
 FIFO_DRAIN = tl.constexpr("cp.async.wait_all; mov.u32 $0, 0;")
-# A program's FIFOs take FIFO_SLOTS * 4 bytes a lane (1 KiB a group), next
+# A program's FIFOs take FIFO_SLOTS * 4 bytes a lane (2 KiB a group), next
 # to the 16 KiB shared table, within 48 KiB of static shared memory.
-MAX_ASYNC_GROUPS = 32
+MAX_ASYNC_GROUPS = 16
 FIFO_READ = tl.constexpr(
     "{ .reg .u32 %fz_at; .reg .pred %fz_p; mov.u32 %fz_at, floatzip_payload_fifo; "
     "add.u32 %fz_at, %fz_at, $1; setp.ne.b32 %fz_p, $2, 0; mov.b32 $0, $3; "
