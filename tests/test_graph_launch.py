@@ -127,6 +127,7 @@ def test_second_use_of_a_buffer_captures_then_replays(fake):
         assert_decoded(dec.decode(out), refs)
         assert fake.kernel_runs == call + 1         # one real launch a call
     assert (dec._graphs.captures, dec._graphs.replays) == (1, 3)
+    assert gc.isenabled()               # paused only while capturing
     dec.check()
 
     other = dec.new_output()            # a new buffer: direct, then its own graph
@@ -162,6 +163,7 @@ def test_a_failed_capture_falls_back_to_direct_launches_for_good(fake):
     fake.fail_capture = True
     with pytest.warns(RuntimeWarning, match="could not be captured.*not permitted"):
         assert_decoded(dec.decode(out), refs)
+    assert gc.isenabled()
     fake.fail_capture = False
     with warnings.catch_warnings():
         warnings.simplefilter("error")
