@@ -232,6 +232,14 @@ def test_launch_option(monkeypatch):
         dec.launch = "eventually"
     if CUDA:
         assert td.DeviceBlockDecoder.from_encoded(encs, "cuda").launch == "graph"
+    # The default on CUDA, and the environment's say over it.
+    cuda = torch.device("cuda", 0)
+    assert td.default_launch(cuda) == "graph" and td.default_launch(torch.device("cpu")) == "direct"
+    monkeypatch.setenv("FLOATZIP_LAUNCH", "direct")
+    assert td.default_launch(cuda) == "direct"
+    monkeypatch.setenv("FLOATZIP_LAUNCH", "sometimes")
+    with pytest.raises(DecoderArgumentError, match="FLOATZIP_LAUNCH"):
+        td.default_launch(cuda)
 
 
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")

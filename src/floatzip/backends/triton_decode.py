@@ -37,11 +37,12 @@ raw_ahead=None, prefetch=None, staging=None, max_registers=None, launch=None)``
     takes CUDA_BUILD on a GPU and INTERPRETER_BUILD (no inline PTX) under
     TRITON_INTERPRET=1.
     ``launch`` is how the kernel is queued (LAUNCHES): "graph" (the default
-    on CUDA) launches directly the first time for each build and output
-    buffer, then captures that launch as a CUDA graph and replays it, which
-    costs the host a driver call instead of Triton's dispatch
-    (graph_launch.py says why that matters); "direct" always goes through
-    Triton. Launches made while the current stream is captured are direct.
+    on CUDA, unless FLOATZIP_LAUNCH=direct) launches directly the first
+    time for each build and output buffer, then captures that launch as a
+    CUDA graph and replays it, which costs the host a driver call instead
+    of Triton's dispatch (graph_launch.py says why that matters); "direct"
+    always goes through Triton. Launches made while the current stream is
+    captured are direct.
     ``DeviceBlockDecoder.from_encoded(encoded, device, names=None)`` does the
     same from EncodedTensors with a single upload per buffer.
     ``.decode(out=None) -> list[torch.Tensor]`` runs ONE launch for every
@@ -675,6 +676,20 @@ def resolve_build(table_memory: str | None = None, prefetch: str | None = None,
     return build
 
 
+def default_launch(device: torch.device) -> str:
+    """How a decoder queues its kernel when its caller does not say:
+    "graph" on CUDA, unless the environment variable FLOATZIP_LAUNCH says
+    "direct" (for load_model, which has no such option, should graph
+    replays misbehave somewhere); "direct" elsewhere."""
+    if device.type != "cuda":
+        return "direct"
+    chosen = os.environ.get("FLOATZIP_LAUNCH", "graph")
+    if chosen not in LAUNCHES:
+        raise DecoderArgumentError(f"the environment variable FLOATZIP_LAUNCH must be one of "
+                                   f"{LAUNCHES}, got {chosen!r}")
+    return chosen
+
+
 @functools.lru_cache(maxsize=None)
 def _multiprocessors(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
@@ -1115,7 +1130,7 @@ class DeviceBlockDecoder:
     @launch.setter
     def launch(self, launch: str | None) -> None:
         if launch is None:
-            launch = "graph" if self.device.type == "cuda" else "direct"
+            launch = default_launch(self.device)
         if launch not in LAUNCHES:
             raise DecoderArgumentError(f"launch must be one of {LAUNCHES}, got {launch!r}")
         if launch == "graph" and self.device.type != "cuda":
