@@ -416,7 +416,7 @@ def mismatches(names, outs) -> list[str]:
 
 # -- stage 2: throughput ---------------------------------------------------------------
 
-@stage("decode", 300)
+@stage("decode", 340)
 def decode_throughput():
     shapes = {}
     for name in ("q_proj", "k_proj", "gate_proj"):
@@ -475,7 +475,7 @@ BEST_CONFIG = [Config(4, 4, _DEFAULT.table_memory, _DEFAULT.raw_ahead, _DEFAULT.
 BEST_BY_LABEL: dict[str, Config] = {}
 
 
-@stage("decode", 330)
+@stage("decode", 360)
 def decode_short_lanes():
     """The same tensors re-encoded with shorter lanes: 4x (8x) the lanes in
     flight for a few more bytes (32 bits of lane overhead per lane). What the
@@ -553,7 +553,7 @@ def layer_forward(x, w, cache_k, cache_v):
                         w["down_proj"])
 
 
-@stage("latency", 200)
+@stage("latency", 300)      # after verification, however long that took
 def token_latency():
     names = list(BLOCK)
     layers = Dims.layers

@@ -106,7 +106,8 @@ def coded_block(seed=0):
 
 
 def graph_decoder(device, encs):
-    dec = td.DeviceBlockDecoder.from_encoded(encs, device, groups_per_program=8)
+    launch = "graph" if device.type == "cuda" else None     # whatever FLOATZIP_LAUNCH says
+    dec = td.DeviceBlockDecoder.from_encoded(encs, device, groups_per_program=8, launch=launch)
     if device.type != "cuda":
         dec._graphs = graph_launch.GraphLauncher(device)    # the setter refuses the CPU
     return dec
@@ -211,18 +212,28 @@ def test_a_new_build_is_a_new_graph(fake):
     out = dec.new_output()
     dec.decode(out)
     dec.decode(out)
-    dec.build = dec.build._replace(staging="fifo")
-    dec.fifo = torch.zeros(td.FIFO_SLOTS.value * td.LANES * 8 * dec.programs, dtype=torch.int32)
+    dec.build = dec.build._replace(raw_ahead=dec.raw_ahead // 2)    # the same buffers
     out.fill_(0)
     assert_decoded(dec.decode(out), refs)       # direct: first launch of this build
     assert dec._graphs.captures == 1
     out.fill_(0)
     assert_decoded(dec.decode(out), refs)
     assert dec._graphs.captures == 2
+    # The fifo scratch is baked in too (the "fifo" build writes it).
+    dec.build = dec.build._replace(staging="fifo")
+    dec.fifo = torch.zeros(td.FIFO_SLOTS.value * td.LANES * 8 * dec.programs, dtype=torch.int32)
+    for _ in range(2):
+        dec.decode(out)
+    dec.fifo = dec.fifo.clone()
+    for _ in range(2):
+        out.fill_(0)
+        assert_decoded(dec.decode(out), refs)
+    assert dec._graphs.captures == 4
 
 
 def test_launch_option(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.delenv("FLOATZIP_LAUNCH", raising=False)
     encs, _ = coded_block(5)
     dec = td.DeviceBlockDecoder.from_encoded(encs, "cpu")
     assert dec.launch == "direct"           # the default off CUDA

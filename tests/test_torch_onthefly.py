@@ -5,6 +5,7 @@ weight used outside its module."""
 from __future__ import annotations
 
 import os
+import weakref
 
 import numpy as np
 import pytest
@@ -145,7 +146,9 @@ def test_swap_contents_swaps_as_torch_does(monkeypatch):
     value = weight.detach().clone()
     holder = onthefly._placeholder(weight, "layer.weight")
     ids = id(weight), id(holder)
-    onthefly.swap_contents(weight, holder)
+    delegated = []
+    monkeypatch.setattr(torch.utils, "swap_tensors", lambda a, b: delegated.append((a, b)))
+    onthefly.swap_contents(weight, holder)          # its own path, not torch's
     assert (id(weight), id(holder)) == ids
     assert type(weight) is onthefly.CompressedWeight and weight.is_meta
     assert weight.__dict__ == {"_floatzip_name": "layer.weight"}
@@ -153,14 +156,17 @@ def test_swap_contents_swaps_as_torch_does(monkeypatch):
     onthefly.swap_contents(weight, holder)
     assert type(weight) is torch.nn.Parameter and torch.equal(weight, value)
     assert type(holder) is onthefly.CompressedWeight and weight.__dict__ == {}
+    assert delegated == []
 
-    delegated = []
-    monkeypatch.setattr(torch.utils, "swap_tensors", lambda a, b: delegated.append((a, b)))
     x = torch.ones(1, 4, requires_grad=True)
     saved = torch.nn.functional.linear(x, weight)     # autograd keeps the weight
     onthefly.swap_contents(weight, holder)
     assert delegated == [(weight, holder)] and type(weight) is torch.nn.Parameter
     del saved
+    watcher = weakref.ref(holder)                     # torch refuses weakly referenced tensors
+    onthefly.swap_contents(weight, holder)
+    assert delegated[-1] == (weight, holder) and len(delegated) == 2
+    del watcher
 
 
 def test_close_removes_the_hooks(packed_llama):

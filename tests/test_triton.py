@@ -668,14 +668,16 @@ def test_cuda_default_build_compiles_for(capability):
 
 @needs_nvidia_backend
 @pytest.mark.filterwarnings("ignore::UserWarning")
-@pytest.mark.parametrize("staging", ["none", "async"])
-def test_register_cap(staging):
+@pytest.mark.parametrize("prefetch, staging", [("none", "none"), (td.AUTO_PREFETCH, "none"),
+                                               ("none", "async")])
+def test_register_cap(prefetch, staging):
     """max_registers reaches ptxas: the default build (72-80 registers a
-    thread uncapped, 7 programs an SM) capped at 64 (8 programs) uses no
-    more and spills nothing inside its decode loops."""
+    thread uncapped, 6-7 programs an SM), with and without its prefetch,
+    and the async one, capped at 64 (8 programs) use no more and spill
+    nothing inside their decode loops."""
     if triton_build.cuda_tool("cuobjdump") is None:
         pytest.skip("this Triton wheel ships no cuobjdump")
-    build = td.CUDA_BUILD._replace(prefetch="none", staging=staging, max_registers=64)
+    build = td.CUDA_BUILD._replace(prefetch=prefetch, staging=staging, max_registers=64)
     compiled = triton_build.compile_decoder(90, 4, 4, **build._asdict())
     assert ".maxnreg 64" in compiled.asm["ptx"]
     registers = int(re.search(r"REG:(\d+)", triton_build.resource_usage(compiled.asm["cubin"]))[1])

@@ -21,9 +21,9 @@ first MAX_GRAPHS keys seen twice; later keys launch directly, so buffers
 used in rotation never make it capture again and again. It launches
 directly while the current stream is being captured (the caller's own graph
 then records the kernel) and, for good on that device, after a capture
-fails, with a warning saying why (torch before 2.12 may leave its random
-generator or allocator marked as capturing after a failed capture; none
-has been seen to fail).
+fails, with a warning saying why; graphs captured before then keep
+replaying (torch before 2.12 may leave its random generator or allocator
+marked as capturing after a failed capture; none has been seen to fail).
 
 Each graph gets its own memory pool (``capture_begin`` without ``pool=``):
 the launch allocates nothing, so the pool stays empty and goes with its

@@ -54,6 +54,7 @@ import contextlib
 import os
 import threading
 import time
+import weakref
 from abc import ABC, abstractmethod
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -407,12 +408,14 @@ def swap_contents(a: torch.Tensor, b: torch.Tensor) -> None:
     """What ``torch.utils.swap_tensors(a, b)`` does (class, ``__dict__`` and
     tensor swapped, each Python object kept), without its Python-level checks
     when they would pass: every unit's forward swaps each of its parameters
-    twice, and those checks cost 2 us a swap (36 us a Llama block, measured
-    on this project's CPU), a tenth of a small block's forward. The checks
-    guard against other C++ references to either tensor (autograd's saved
-    tensors): when there are any, torch's own function runs and raises or
-    poisons as it does. Our two classes share their (empty) slots."""
-    if _swap_tensor_impl is None or a._use_count() != 1 or b._use_count() != 1:
+    twice, and torch's function costs ~2 us a swap (a Llama block's hooks
+    took 45 us with it, 16 without: benchmarks/results/hooks_cpu.md). The
+    checks guard against other C++ references to either tensor (autograd's
+    saved tensors) and against weak references: when there are any, torch's
+    own function runs and raises or poisons as it does. Our two classes share
+    their (empty) slots."""
+    if (_swap_tensor_impl is None or a._use_count() != 1 or b._use_count() != 1
+            or weakref.getweakrefs(a) or weakref.getweakrefs(b)):
         torch.utils.swap_tensors(a, b)
         return
     a.__class__, b.__class__ = b.__class__, a.__class__
