@@ -19,6 +19,8 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("triton")
 
+from conftest import bf16_bits  # noqa: E402
+
 from floatzip.backends import graph_launch  # noqa: E402
 from floatzip.backends import triton_decode as td  # noqa: E402
 from floatzip.codecs.encoded import decode_tensor, encode_tensor  # noqa: E402
@@ -63,6 +65,7 @@ class FakeCuda:
         monkeypatch.setattr(cuda, "device", lambda d: contextlib.nullcontext())
         monkeypatch.setattr(graph_launch, "_failed", {})
         real_kernel = td._kernel
+        fake = self
 
         class Launch:           # Triton's launch: recorded while capturing
             def __init__(self, name):
@@ -79,7 +82,6 @@ class FakeCuda:
                         run()
                 return go
 
-        fake = self
         monkeypatch.setattr(td, "_kernel", Launch)
 
 
@@ -94,14 +96,10 @@ def fake(monkeypatch):
     return f
 
 
-def bf16_weights(seed, n=3000) -> np.ndarray:
-    x = np.random.default_rng(seed).standard_normal(n).astype(np.float32) * 0.02
-    return torch.from_numpy(x).to(torch.bfloat16).view(torch.int16).numpy()
-
-
 def coded_block(seed=0):
-    encs = [encode_tensor(bf16_weights(seed + i).view(np.uint8), "BF16", (3000,),
-                          backend="numpy", lane_symbols=32) for i in range(2)]
+    weights = [np.random.default_rng(seed + i).standard_normal(3000) * 0.02 for i in range(2)]
+    encs = [encode_tensor(bf16_bits(w).view(np.uint8), "BF16", (3000,),
+                          backend="numpy", lane_symbols=32) for w in weights]
     return encs, [decode_tensor(e, backend="numpy") for e in encs]
 
 
