@@ -55,10 +55,8 @@ def compile_decoder(capability: int, groups: int, num_warps: int,
     src = triton.compiler.ASTSource(
         fn=JITFunction(td.KERNELS["decode"]), signature=SIGNATURE,
         constexprs=td.kernel_constants(groups, num_warps, build))
-    options = {"num_warps": num_warps}
-    if build.max_registers:
-        options["maxnreg"] = build.max_registers
-    return triton.compile(src, target=GPUTarget("cuda", capability, 32), options=options)
+    return triton.compile(src, target=GPUTarget("cuda", capability, 32),
+                          options=td.launch_options(num_warps, build))
 
 
 def cuda_tool(name: str) -> str | None:

@@ -634,6 +634,15 @@ def kernel_constants(groups_per_program: int, num_warps: int, build: KernelBuild
                              "\n\tmov.u32 $0, 0;")}
 
 
+def launch_options(num_warps: int, build: KernelBuild) -> dict:
+    """Triton's compile options for a launch shape and build (not kernel
+    arguments): what a launch passes and what triton_build compiles with."""
+    options = {"num_warps": num_warps}
+    if build.max_registers:
+        options["maxnreg"] = build.max_registers
+    return options
+
+
 def resolve_build(table_memory: str | None = None, prefetch: str | None = None,
                   raw_ahead: int | None = None, staging: str | None = None,
                   max_registers: int | None = None, *,
@@ -1171,8 +1180,7 @@ class DeviceBlockDecoder:
             self.desc, self.table, self.lane_bits, self.payload, self.raw, out, self.errors,
             self.fifo,
             **kernel_constants(self.groups_per_program, self.num_warps, self.build),
-            num_warps=self.num_warps,
-            **({"maxnreg": self.build.max_registers} if self.build.max_registers else {}))
+            **launch_options(self.num_warps, self.build))
 
     def decode(self, out: torch.Tensor | None = None) -> list[torch.Tensor]:
         """Decode every tensor with one launch; see the module docstring."""

@@ -34,8 +34,8 @@ cores that run the forward's threads slows both down (measured on 2 cores,
 count, and then decodes with the idle cores.
 
 Parameters are swapped as ``torch.utils.swap_tensors`` swaps them (see
-:func:`swap_contents`), which keeps each Parameter object: tied weights (the same Parameter in two modules) stay
-tied, and any other reference to a parameter sees the decoded tensor while
+:func:`swap_contents`), which keeps each Parameter object: tied weights
+(the same Parameter in two modules) stay tied, and any other reference to a parameter sees the decoded tensor while
 its unit runs. Between uses a parameter is a :class:`CompressedWeight`
 placeholder (on the meta device, no data) that raises if anything computes
 with it outside its module's forward.
