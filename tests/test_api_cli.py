@@ -112,6 +112,52 @@ def test_verify_reports_a_different_original(tmp_path, small_checkpoint, rng):
     assert code == 0 and "OK" in out
 
 
+def damage(path, tensor, back=30):
+    """Flip bits of a byte ``back`` bytes before the end of a tensor's blob:
+    in its raw section, which no structural check covers, only the checksum."""
+    data = bytearray(path.read_bytes())
+    t = floatzip.safe_open(path)._file.tensors[tensor]
+    data[t.blob_begin + t.blob_bytes - back] ^= 0x5A
+    path.write_bytes(bytes(data))
+
+
+def test_check_finds_damage_without_the_original(tmp_path, small_checkpoint):
+    packed = tmp_path / "m.fz.safetensors"
+    floatzip.compress(small_checkpoint, packed)
+    assert floatzip.check(packed) == floatzip.api.VerifyResult(True, [])
+    code, out, err = run_cli("check", packed)
+    assert code == 0 and "OK" in out, err
+    damage(packed, "layer.1.weight")
+    result = floatzip.check(packed, workers=2)
+    assert not result.ok and len(result.problems) == 1
+    assert str(packed) in result.problems[0] and "'layer.1.weight'" in result.problems[0]
+    assert "checksum" in result.problems[0]
+    code, out, err = run_cli("check", packed)
+    assert code == 1 and "CORRUPT" in err and "layer.1.weight" in err and "Traceback" not in err
+    # Not a floatzip file, or no file at all: a problem named, not a crash.
+    for path, words in ((small_checkpoint, "not a floatzip file"), (tmp_path / "nope", "nope")):
+        result = floatzip.check(path)
+        assert not result.ok and words in result.problems[0]
+
+
+def test_check_on_model_directories(tmp_path, rng):
+    packed = tmp_path / "packed"
+    floatzip.compress(make_model_dir(tmp_path / "model", rng), packed)
+    assert floatzip.check(packed).ok
+    damage(packed / "model-00002-of-00002.safetensors", "b.weight")
+    (packed / "model-00001-of-00002.safetensors").unlink()
+    result = floatzip.check(packed)
+    assert not result.ok and len(result.problems) == 2
+    assert "model-00001-of-00002.safetensors: listed in floatzip.json but missing" in \
+        result.problems[0]
+    assert "model-00002-of-00002.safetensors" in result.problems[1]
+    assert "'b.weight'" in result.problems[1] and "checksum" in result.problems[1]
+    (packed / "floatzip.json").write_text("[]")
+    assert "not a floatzip manifest" in floatzip.check(packed).problems[0]
+    (packed / "floatzip.json").unlink()
+    assert "not a floatzip model directory" in floatzip.check(packed).problems[0]
+
+
 def test_cli_compress_decompress_info(tmp_path, small_checkpoint):
     packed, restored = tmp_path / "m.fz.safetensors", tmp_path / "r.safetensors"
     assert main(["compress", str(small_checkpoint), str(packed), "--workers", "2", "-q"]) == 0
@@ -178,11 +224,7 @@ def test_cli_missing_file(tmp_path):
 def test_failed_decompress_leaves_no_partial_file(tmp_path, small_checkpoint):
     packed = tmp_path / "m.fz.safetensors"
     floatzip.compress(small_checkpoint, packed)
-    data = bytearray(packed.read_bytes())
-    fz = floatzip.safe_open(packed)._file
-    t = fz.tensors["layer.1.weight"]              # last in file order
-    data[t.blob_begin + t.blob_bytes - 30] ^= 0x5A
-    packed.write_bytes(bytes(data))
+    damage(packed, "layer.1.weight")              # last in file order
     out = tmp_path / "out.safetensors"
     with pytest.raises(floatzip.CorruptDataError):
         floatzip.decompress(packed, out)

@@ -15,14 +15,15 @@ from .format.container import FORMAT_VERSION
 __version__ = "0.1.0"
 
 __all__ = [
-    "compress", "decompress", "verify", "safe_open", "load_model",
+    "compress", "decompress", "verify", "check", "safe_open", "load_model",
     "FloatzipError", "FormatError", "CorruptDataError", "OutputExistsError", "UnsupportedError",
     "FORMAT_VERSION", "__version__",
 ]
 
 
 def __getattr__(name):
-    if name in ("compress", "decompress", "verify", "safe_open", "compress_file", "decompress_file"):
+    if name in ("compress", "decompress", "verify", "check", "safe_open", "compress_file",
+                "decompress_file"):
         from . import api
         return getattr(api, name)
     if name == "load_model":

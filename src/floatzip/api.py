@@ -223,6 +223,41 @@ def verify(original, compressed, *, workers=None, backend=None) -> VerifyResult:
     return VerifyResult(True, [])
 
 
+def check(path, *, workers=None, backend=None) -> VerifyResult:
+    """Decode every tensor of a floatzip file, or of every floatzip file a
+    compressed model directory's manifest lists, and check it against the
+    XXH3-64 checksum stored with it: an integrity test that needs no
+    original (as ``zstd --test``). Never writes anything."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        manifest = os.path.join(path, MANIFEST)
+        try:
+            with open(manifest) as f:
+                listed = json.load(f)["files"]
+            if not isinstance(listed, dict):
+                raise TypeError
+        except FileNotFoundError:
+            return VerifyResult(False, [f"{path}: not a floatzip model directory (no {MANIFEST})"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return VerifyResult(False, [f"{manifest}: unreadable, or not a floatzip manifest"])
+        problems = []
+        for rel in sorted(listed):
+            full = os.path.join(path, rel)
+            if not os.path.isfile(full):
+                problems.append(f"{full}: listed in {MANIFEST} but missing")
+            else:
+                problems += check(full, workers=workers, backend=backend).problems
+        return VerifyResult(not problems, problems)
+    workers = resolve_workers(workers)
+    try:
+        fz = container.FloatzipFile(path)
+        for name in fz.source.tensors:
+            _decode(fz, name, backend, workers)
+    except FloatzipError as exc:
+        return VerifyResult(False, [str(exc)])
+    return VerifyResult(True, [])
+
+
 def _same_file_bytes(a: str, b: str) -> bool:
     if os.path.getsize(a) != os.path.getsize(b):
         return False

@@ -64,6 +64,17 @@ def cmd_verify(args) -> int:
     return 1
 
 
+def cmd_check(args) -> int:
+    from . import api
+    result = api.check(args.path, workers=args.workers, backend=args.backend)
+    if result.ok:
+        print(f"OK: every tensor of {args.path} decodes to its stored checksum")
+        return 0
+    for problem in result.problems:
+        print(f"CORRUPT: {problem}", file=sys.stderr)
+    return 1
+
+
 def cmd_info(args) -> int:
     from .info import print_info
     return print_info(args.path, per_tensor=not args.summary)
@@ -109,6 +120,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("compressed")
     _workers_arg(p)
     p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("check", help="exit 0 only if every tensor of a compressed file or "
+                                     "directory decodes to its stored checksum (no original "
+                                     "needed, like zstd --test)")
+    p.add_argument("path")
+    _workers_arg(p)
+    p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("info", help="per-tensor ratio, bits/weight and the entropy bound")
     p.add_argument("path")
