@@ -134,10 +134,18 @@ def test_check_finds_damage_without_the_original(tmp_path, small_checkpoint):
     assert "checksum" in result.problems[0]
     code, out, err = run_cli("check", packed)
     assert code == 1 and "CORRUPT" in err and "layer.1.weight" in err and "Traceback" not in err
-    # Not a floatzip file, or no file at all: a problem named, not a crash.
+    # Not a floatzip file, or no file at all: the caller's mistake, not damage.
+    with pytest.raises(floatzip.FormatError, match="not a floatzip file"):
+        floatzip.check(small_checkpoint)
+    with pytest.raises(FileNotFoundError):
+        floatzip.check(tmp_path / "nope")
     for path, words in ((small_checkpoint, "not a floatzip file"), (tmp_path / "nope", "nope")):
-        result = floatzip.check(path)
-        assert not result.ok and words in result.problems[0]
+        code, out, err = run_cli("check", path)
+        assert code == 2 and words in err and "Traceback" not in err
+    garbage = tmp_path / "garbage.fz.safetensors"
+    garbage.write_bytes(b"\xff" * 100)
+    result = floatzip.check(garbage)
+    assert not result.ok and "garbage.fz.safetensors" in result.problems[0]
 
 
 def test_check_on_model_directories(tmp_path, rng):
@@ -155,7 +163,8 @@ def test_check_on_model_directories(tmp_path, rng):
     (packed / "floatzip.json").write_text("[]")
     assert "not a floatzip manifest" in floatzip.check(packed).problems[0]
     (packed / "floatzip.json").unlink()
-    assert "not a floatzip model directory" in floatzip.check(packed).problems[0]
+    with pytest.raises(floatzip.FormatError, match="not a floatzip model directory"):
+        floatzip.check(packed)
 
 
 def test_cli_compress_decompress_info(tmp_path, small_checkpoint):

@@ -10,6 +10,7 @@ from conftest import FIXTURES
 
 import floatzip
 from floatzip.codecs import tans
+from floatzip.codecs.encoded import checksum
 from floatzip.format.container import FloatzipFile
 
 V1 = os.path.join(FIXTURES, "v1")
@@ -21,12 +22,28 @@ def sha256(path):
     return hashlib.sha256(open(path, "rb").read()).hexdigest()
 
 
-@pytest.mark.parametrize("stem", ["example-bf16", "mixed"])
+# Compressed fixture -> the original it restores. mixed-no-header-checksum
+# is mixed.fz.safetensors as floatzip wrote it before the header checksum.
+VALID = {"example-bf16": "example-bf16", "mixed": "mixed", "mixed-no-header-checksum": "mixed"}
+
+
+@pytest.mark.parametrize("stem", sorted(VALID))
 @pytest.mark.parametrize("backend", ["numpy", "numba"])
 def test_valid_fixture_restores_original_bytes(tmp_path, stem, backend):
     out = tmp_path / "restored.safetensors"
-    floatzip.decompress(os.path.join(V1, stem + ".fz.safetensors"), out, backend=backend)
-    assert open(out, "rb").read() == open(os.path.join(V1, stem + ".safetensors"), "rb").read()
+    packed = os.path.join(V1, stem + ".fz.safetensors")
+    floatzip.decompress(packed, out, backend=backend)
+    original = os.path.join(V1, VALID[stem] + ".safetensors")
+    assert open(out, "rb").read() == open(original, "rb").read()
+    assert floatzip.check(packed, backend=backend).ok
+
+
+def test_written_files_carry_the_header_checksum():
+    meta = FloatzipFile(os.path.join(V1, "mixed.fz.safetensors")).header.metadata
+    assert meta["floatzip.source_header_xxh3"] == "%016x" % checksum(
+        np.frombuffer(meta["floatzip.source_header"].encode(), np.uint8))
+    old = FloatzipFile(os.path.join(V1, "mixed-no-header-checksum.fz.safetensors"))
+    assert "floatzip.source_header_xxh3" not in old.header.metadata
 
 
 @pytest.mark.parametrize("backend", ["numpy", "numba"])
@@ -54,6 +71,15 @@ def test_must_fail_fixture_is_rejected(tmp_path, name):
     assert name in str(info.value)          # the message names the file
     assert not out.exists()
     assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
+    # check reports the same damage as a problem, naming the file (a plain
+    # safetensors file is no damage: it raises).
+    if name == "not-floatzip.fz.safetensors":
+        with pytest.raises(floatzip.FormatError, match=EXPECTED_ERRORS[name]):
+            floatzip.check(os.path.join(MUST_FAIL, name))
+    else:
+        result = floatzip.check(os.path.join(MUST_FAIL, name))
+        assert not result.ok and EXPECTED_ERRORS[name] in result.problems[0]
+        assert name in result.problems[0]
 
 
 def test_worked_example_tables():

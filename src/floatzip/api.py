@@ -2,6 +2,7 @@
 directories."""
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -84,13 +85,20 @@ def _decode(fz: container.FloatzipFile, name: str, backend, workers, verify=True
 
 # -- directories ---------------------------------------------------------------
 
-def _is_floatzip(path: str) -> bool:
+def _safetensors_kind(path: str) -> str | None:
+    """"floatzip" or "plain" for a readable safetensors file, by its
+    metadata; None if it cannot be read as one."""
     try:
         with open(path, "rb") as f:
             header = read_header(f, path)
     except (OSError, FloatzipError):
-        return False
-    return bool(header.metadata and container.KEY_VERSION in header.metadata)
+        return None
+    return "floatzip" if header.metadata and container.KEY_VERSION in header.metadata \
+        else "plain"
+
+
+def _is_floatzip(path: str) -> bool:
+    return _safetensors_kind(path) == "floatzip"
 
 
 def _walk(root: str):
@@ -227,17 +235,25 @@ def check(path, *, workers=None, backend=None) -> VerifyResult:
     """Decode every tensor of a floatzip file, or of every floatzip file a
     compressed model directory's manifest lists, and check it against the
     XXH3-64 checksum stored with it: an integrity test that needs no
-    original (as ``zstd --test``). Never writes anything."""
+    original (as ``zstd --test``). Never writes anything.
+
+    Damage is reported in the result; a path that is not there, a plain
+    safetensors file and a directory without a manifest raise instead
+    (FileNotFoundError, FormatError), as decompress would: they are
+    mistakes of the caller, not damage."""
     path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path)
     if os.path.isdir(path):
         manifest = os.path.join(path, MANIFEST)
+        if not os.path.exists(manifest):
+            raise FormatError(f"{path}: not a floatzip model directory (no {MANIFEST}); "
+                              "compress it first with 'floatzip compress'")
         try:
             with open(manifest) as f:
                 listed = json.load(f)["files"]
             if not isinstance(listed, dict):
                 raise TypeError
-        except FileNotFoundError:
-            return VerifyResult(False, [f"{path}: not a floatzip model directory (no {MANIFEST})"])
         except (OSError, ValueError, KeyError, TypeError):
             return VerifyResult(False, [f"{manifest}: unreadable, or not a floatzip manifest"])
         problems = []
@@ -245,9 +261,14 @@ def check(path, *, workers=None, backend=None) -> VerifyResult:
             full = os.path.join(path, rel)
             if not os.path.isfile(full):
                 problems.append(f"{full}: listed in {MANIFEST} but missing")
+            elif _safetensors_kind(full) == "plain":
+                problems.append(f"{full}: listed in {MANIFEST} but not a floatzip file")
             else:
                 problems += check(full, workers=workers, backend=backend).problems
         return VerifyResult(not problems, problems)
+    if _safetensors_kind(path) == "plain":
+        raise FormatError(f"{path}: not a floatzip file (a safetensors file without "
+                          f"'{container.KEY_VERSION}' metadata); nothing to check")
     workers = resolve_workers(workers)
     try:
         fz = container.FloatzipFile(path)

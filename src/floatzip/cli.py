@@ -68,7 +68,8 @@ def cmd_check(args) -> int:
     from . import api
     result = api.check(args.path, workers=args.workers, backend=args.backend)
     if result.ok:
-        print(f"OK: every tensor of {args.path} decodes to its stored checksum")
+        print(f"OK: {args.path}: every tensor, and the original header, match their stored "
+              "checksums")
         return 0
     for problem in result.problems:
         print(f"CORRUPT: {problem}", file=sys.stderr)
@@ -121,9 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     _workers_arg(p)
     p.set_defaults(func=cmd_verify)
 
-    p = sub.add_parser("check", help="exit 0 only if every tensor of a compressed file or "
-                                     "directory decodes to its stored checksum (no original "
-                                     "needed, like zstd --test)")
+    p = sub.add_parser("check", help="exit 0 only if a compressed file or directory matches "
+                                     "its stored checksums (no original needed, like "
+                                     "zstd --test)")
     p.add_argument("path")
     _workers_arg(p)
     p.set_defaults(func=cmd_check)

@@ -4,7 +4,9 @@ See docs/FORMAT.md. The file's ``__metadata__`` holds
   * ``floatzip.version``: "1";
   * ``floatzip.source_header``: the original file's header JSON, verbatim,
     so decompression restores the original file byte for byte;
-  * ``floatzip.tensors``: JSON object, tensor name -> coding parameters.
+  * ``floatzip.tensors``: JSON object, tensor name -> coding parameters;
+  * ``floatzip.source_header_xxh3`` (optional: older files lack it): XXH3-64
+    of the original header, so that damage to it cannot go unnoticed.
 Each tensor is stored as a U8 tensor of the same name holding its blob.
 """
 from __future__ import annotations
@@ -18,10 +20,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..codecs import tans
-from ..codecs.encoded import CODEC_RAW, CODEC_TANS, EncodedTensor
+from ..codecs.encoded import CODEC_RAW, CODEC_TANS, EncodedTensor, checksum
 from ..codecs.layout import MAX_LANE_SYMBOLS, CodedGeometry, pad8
 from ..dtypes import FLOAT_LAYOUTS
-from ..errors import FormatError, UnsupportedError
+from ..errors import CorruptDataError, FormatError, UnsupportedError
 from ..io_utils import atomic_output
 from .safetensors_header import build_header, parse_header_bytes, read_header
 
@@ -29,6 +31,7 @@ FORMAT_VERSION = 1
 KEY_VERSION = "floatzip.version"
 KEY_SOURCE_HEADER = "floatzip.source_header"
 KEY_TENSORS = "floatzip.tensors"
+KEY_SOURCE_CHECKSUM = "floatzip.source_header_xxh3"
 
 # Informative, optional: the order-0 entropy bound of the tensor (its exponent
 # at its entropy, every other bit raw) in bits, shown by `floatzip info`.
@@ -70,7 +73,12 @@ def floatzip_metadata(source_header: bytes, params: dict[str, dict]) -> dict[str
         KEY_VERSION: str(FORMAT_VERSION),
         KEY_SOURCE_HEADER: source_header.decode("utf-8"),
         KEY_TENSORS: json.dumps(params, separators=(",", ":")),
+        KEY_SOURCE_CHECKSUM: _hex_checksum(source_header),
     }
+
+
+def _hex_checksum(data: bytes) -> str:
+    return f"{checksum(np.frombuffer(data, dtype=np.uint8)):016x}"
 
 
 def write_file(dst, source_header: bytes, tensors) -> int:
@@ -148,8 +156,19 @@ class FloatzipFile:
             if key not in meta:
                 raise FormatError(f"{where}: floatzip metadata lacks '{key}'")
         self.header = header
-        self.source = parse_header_bytes(meta[KEY_SOURCE_HEADER].encode("utf-8"),
-                                         f"{where} (original header)")
+        source_header = meta[KEY_SOURCE_HEADER].encode("utf-8")
+        if KEY_SOURCE_CHECKSUM in meta:
+            stored = meta[KEY_SOURCE_CHECKSUM]
+            if not (isinstance(stored, str) and len(stored) == 16
+                    and all(c in "0123456789abcdef" for c in stored)):
+                raise FormatError(f"{where}: '{KEY_SOURCE_CHECKSUM}' must be 16 lowercase hex "
+                                  f"digits, found {stored!r}")
+            if _hex_checksum(source_header) != stored:
+                raise CorruptDataError(
+                    f"{where}: the original header it stores fails its xxh3-64 checksum "
+                    f"(expected {stored}, got {_hex_checksum(source_header)}): the file is "
+                    "damaged; compress the original again, or fetch the file again")
+        self.source = parse_header_bytes(source_header, f"{where} (original header)")
         try:
             params = json.loads(meta[KEY_TENSORS])
         except json.JSONDecodeError as exc:
