@@ -139,6 +139,7 @@ from ..errors import (
     FormatError,
     UnsupportedError,
 )
+from ..torch.dtypes import TORCH_DTYPES
 from .graph_launch import GraphLauncher
 
 name = "triton"
@@ -220,18 +221,6 @@ FIFO_READ = tl.constexpr(
     "@%fz_p ld.shared.u32 $0, [%fz_at]; }")
 # Largest tensor the kernel indexes with 32-bit value offsets.
 MAX_COUNT = 2**31 - 2**20
-
-TORCH_DTYPES = {
-    "BOOL": torch.bool, "U8": torch.uint8, "I8": torch.int8, "I16": torch.int16,
-    "I32": torch.int32, "I64": torch.int64, "F16": torch.float16, "BF16": torch.bfloat16,
-    "F32": torch.float32, "F64": torch.float64, "C64": torch.complex64,
-    "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
-}
-for _name, _attr in (("U16", "uint16"), ("U32", "uint32"), ("U64", "uint64"),
-                     ("F8_E8M0", "float8_e8m0fnu")):
-    if hasattr(torch, _attr):
-        TORCH_DTYPES[_name] = getattr(torch, _attr)
-
 
 
 # -- the kernel ----------------------------------------------------------------
