@@ -253,14 +253,111 @@ def test_decompress_directory_needs_manifest(tmp_path, rng):
         floatzip.decompress(src, tmp_path / "out")
 
 
-def test_output_file_permissions_follow_umask(tmp_path, small_checkpoint):
-    packed = tmp_path / "m.fz.safetensors"
+@pytest.mark.parametrize("mode", [0o600, 0o644, 0o440])
+def test_outputs_keep_the_source_permissions(tmp_path, small_checkpoint, mode):
+    """As zstd and gzip do: a private checkpoint stays private."""
+    packed, restored = tmp_path / "m.fz.safetensors", tmp_path / "r.safetensors"
+    small_checkpoint.chmod(mode)
     old = os.umask(0o022)
     try:
         floatzip.compress(small_checkpoint, packed)
+        floatzip.decompress(packed, restored)
     finally:
         os.umask(old)
-    assert (packed.stat().st_mode & 0o777) == 0o644
+    assert packed.stat().st_mode & 0o777 == mode
+    assert restored.stat().st_mode & 0o777 == mode
+
+
+def test_directory_outputs_keep_the_source_permissions(tmp_path, rng):
+    src = make_model_dir(tmp_path / "model", rng)
+    src.chmod(0o750)
+    (src / "tokenizer").chmod(0o700)
+    (src / "model-00001-of-00002.safetensors").chmod(0o600)
+    packed = tmp_path / "packed"
+    floatzip.compress(src, packed)
+    assert packed.stat().st_mode & 0o777 == 0o750
+    assert (packed / "tokenizer").stat().st_mode & 0o777 == 0o700
+    assert (packed / "model-00001-of-00002.safetensors").stat().st_mode & 0o777 == 0o600
+
+
+def test_outputs_that_would_destroy_or_swallow_the_input_are_refused(tmp_path, rng,
+                                                                     small_checkpoint):
+    src = make_model_dir(tmp_path / "model", rng)
+    before = {p: p.read_bytes() for p in src.rglob("*") if p.is_file()}
+    for dst, words in ((src / "packed", "is inside the source"), (tmp_path, "contains the source"),
+                       (src, "is the input itself")):
+        with pytest.raises(floatzip.FormatError, match=words):
+            floatzip.compress(src, dst, overwrite=True)
+    assert {p: p.read_bytes() for p in src.rglob("*") if p.is_file()} == before
+    with pytest.raises(floatzip.FormatError, match="is the input itself"):
+        floatzip.compress(small_checkpoint, small_checkpoint, overwrite=True)
+    code, out, err = run_cli("compress", src, src / "packed", "--force")
+    assert code == 2 and "is inside the source" in err
+
+
+def test_symlinked_directories_are_followed_and_loops_refused(tmp_path, rng):
+    src = make_model_dir(tmp_path / "model", rng)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "merges.txt").write_text("a b\n")
+    (src / "linked").symlink_to(elsewhere, target_is_directory=True)
+    packed, restored = tmp_path / "packed", tmp_path / "restored"
+    floatzip.compress(src, packed)
+    assert (packed / "linked" / "merges.txt").read_text() == "a b\n"
+    floatzip.decompress(packed, restored)
+    assert (restored / "linked" / "merges.txt").read_text() == "a b\n"
+    assert floatzip.verify(src, packed).ok
+    (elsewhere / "loop").symlink_to(src, target_is_directory=True)
+    with pytest.raises(floatzip.FormatError, match="loops back"):
+        floatzip.compress(src, tmp_path / "packed2")
+    assert not (tmp_path / "packed2").exists()
+
+
+def test_directory_without_safetensors_is_refused(tmp_path):
+    src = tmp_path / "bin-model"
+    src.mkdir()
+    (src / "pytorch_model.bin").write_bytes(b"pickle")
+    with pytest.raises(floatzip.FormatError, match="no .safetensors file"):
+        floatzip.compress(src, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_file_system_errors_name_the_output_without_traceback(tmp_path, small_checkpoint):
+    long_name = tmp_path / ("m" * 240 + ".safetensors")       # 252 bytes: a legal name
+    code, out, err = run_cli("compress", small_checkpoint, long_name)
+    assert code == 0, err
+    assert floatzip.check(long_name).ok
+    missing = tmp_path / "no-such-dir" / "m.fz.safetensors"
+    code, out, err = run_cli("compress", small_checkpoint, missing)
+    assert code == 2 and str(missing) in err and "Traceback" not in err
+    assert not (tmp_path / "no-such-dir").exists()
+    # --force onto a link to a directory replaces the link, not what it points to.
+    target = tmp_path / "target"
+    target.mkdir()
+    (target / "keep.txt").write_text("mine")
+    link = tmp_path / "link"
+    link.symlink_to(target, target_is_directory=True)
+    src = tmp_path / "src-dir"
+    src.mkdir()
+    write_safetensors(src / "w.safetensors", [("w", "F32", [4], np.ones(4, np.float32))])
+    code, out, err = run_cli("compress", src, link, "--force")
+    assert code == 0, err
+    assert not link.is_symlink() and (link / "floatzip.json").exists()
+    assert (target / "keep.txt").read_text() == "mine"
+    code, out, err = run_cli("compress", small_checkpoint, tmp_path / "x", "--workers", "-2")
+    assert code == 2 and "not a number of threads" in err
+    with pytest.raises(ValueError, match="workers must be"):
+        floatzip.compress(small_checkpoint, tmp_path / "y", workers=-1)
+
+
+def test_oversized_floatzip_header_is_refused(tmp_path, monkeypatch):
+    from floatzip.format import container
+    src = write_safetensors(tmp_path / "m.safetensors", [("w", "F32", [4], np.ones(4, np.float32))],
+                            {"note": "\\" * 400})       # each escaped again inside floatzip's
+    monkeypatch.setattr(container, "MAX_HEADER_BYTES", 1000)
+    with pytest.raises(floatzip.FormatError, match="over the 1000-byte limit"):
+        floatzip.compress(src, tmp_path / "m.fz.safetensors")
+    assert os.listdir(tmp_path) == ["m.safetensors"]
 
 
 def test_existing_output_is_kept_unless_forced(tmp_path, small_checkpoint):

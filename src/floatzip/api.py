@@ -30,7 +30,7 @@ from .errors import (
 )
 from .format import container
 from .format.safetensors_header import read_header
-from .io_utils import atomic_output, resolve_workers
+from .io_utils import atomic_output, file_mode, resolve_workers, temporary_prefix
 
 MANIFEST = "floatzip.json"
 
@@ -67,7 +67,7 @@ def compress_file(src, dst, *, workers=None, backend=None, progress=False,
             bar.update(entry.nbytes)
 
     with _progress(header.data_bytes, os.path.basename(src), progress) as bar:
-        count = container.write_file(dst, header.raw, encoded_tensors(bar))
+        count = container.write_file(dst, header.raw, encoded_tensors(bar), mode=file_mode(src))
     return {"original_bytes": os.path.getsize(src), "compressed_bytes": os.path.getsize(dst),
             "tensors": count}
 
@@ -78,7 +78,8 @@ def decompress_file(src, dst, *, workers=None, backend=None, progress=False) -> 
     workers = resolve_workers(workers)
     fz = container.FloatzipFile(src)
     source = fz.source
-    with atomic_output(dst) as out, _progress(source.data_bytes, os.path.basename(src), progress) as bar:
+    with atomic_output(dst, mode=file_mode(src)) as out, \
+            _progress(source.data_bytes, os.path.basename(src), progress) as bar:
         out.write(len(source.raw).to_bytes(8, "little"))
         out.write(source.raw)
         for name in source.tensors:      # in data-offset order: the output is sequential
@@ -115,9 +116,22 @@ def _is_floatzip(path: str) -> bool:
     return _safetensors_kind(path) == "floatzip"
 
 
-def _walk(root: str):
-    for dirpath, dirnames, filenames in os.walk(root):
+def _walk(root: str, directories: bool = False):
+    """(path relative to root, full path) of every file under ``root``, in a
+    stable order; with ``directories``, of every directory instead (root
+    first). Symbolic links are followed, files and directories alike (a
+    model fetched into the Hugging Face cache is a tree of links); a link
+    back to a directory already walked is an error, not a loop."""
+    seen = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            raise FormatError(f"{dirpath}: a symbolic link loops back to {real}")
+        seen.add(real)
         dirnames.sort()
+        if directories:
+            yield os.path.relpath(dirpath, root), dirpath
+            continue
         for fn in sorted(filenames):
             full = os.path.join(dirpath, fn)
             yield os.path.relpath(full, root), full
@@ -126,9 +140,18 @@ def _walk(root: str):
 def _process_directory(src, dst, file_fn, select, manifest_fn, **kw) -> dict:
     if os.path.exists(dst) and not os.path.isdir(dst):
         raise FormatError(f"{dst}: exists and is not a directory")
+    inner, outer = os.path.realpath(src), os.path.realpath(dst)
+    common = os.path.commonpath([inner, outer])
+    if common in (inner, outer):            # replacing dst would delete src, or walk into dst
+        where = "is" if inner == outer else "is inside" if common == inner else "contains"
+        raise FormatError(f"{dst}: {where} the source directory {src}; choose an output "
+                          "directory outside it")
     # Work in a temporary sibling and rename at the end: no half-written directory.
     parent = os.path.dirname(os.path.abspath(dst))
-    staging = tempfile.mkdtemp(prefix="." + os.path.basename(os.path.abspath(dst)) + ".", dir=parent)
+    try:
+        staging = tempfile.mkdtemp(prefix=temporary_prefix(dst), dir=parent)
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, dst) from None
     files = {}
     try:
         for rel, full in _walk(src):
@@ -142,7 +165,14 @@ def _process_directory(src, dst, file_fn, select, manifest_fn, **kw) -> dict:
             else:
                 shutil.copy2(full, target)
         manifest_fn(staging, files)
-        if os.path.isdir(dst):
+        # Directories keep their source's permissions (mkdtemp's are 0700).
+        for rel, full in _walk(src, directories=True):
+            target = os.path.join(staging, rel)
+            if os.path.isdir(target):
+                os.chmod(target, file_mode(full))
+        if os.path.islink(dst):
+            os.unlink(dst)                  # replace the link, not what it points to
+        elif os.path.isdir(dst):
             shutil.rmtree(dst)
         os.replace(staging, dst)
     except BaseException:
@@ -159,7 +189,10 @@ def _write_manifest(directory: str, files: dict) -> None:
         json.dump(doc, f, indent=2, sort_keys=True)
 
 
-def _check_output(dst: str, overwrite: bool) -> None:
+def _check_output(src: str, dst: str, overwrite: bool) -> None:
+    if os.path.lexists(dst) and os.path.exists(src) and os.path.exists(dst) \
+            and os.path.samefile(src, dst):
+        raise FormatError(f"{dst}: is the input itself; choose another output")
     if os.path.lexists(dst) and not overwrite:
         raise OutputExistsError(f"{dst}: already exists; pass overwrite=True (CLI: --force) "
                                 "to replace it")
@@ -174,9 +207,12 @@ def compress(src, dst, *, workers=None, backend=None, progress=False, overwrite=
     default 1024) trades size for GPU parallelism: 256 gives a GPU 4x the
     lanes to decode at once for ~0.6% more bytes (README, GPU results)."""
     src, dst = os.fspath(src), os.fspath(dst)
-    _check_output(dst, overwrite)
+    _check_output(src, dst, overwrite)
     check_lane_symbols(lane_symbols)
     if os.path.isdir(src):
+        if not any(rel.endswith(".safetensors") for rel, _ in _walk(src)):
+            raise FormatError(f"{src}: holds no .safetensors file to compress (weights in "
+                              "pickle .bin or .pt files must be converted to safetensors first)")
         return _process_directory(src, dst, compress_file,
                                   lambda rel, full: rel.endswith(".safetensors"),
                                   _write_manifest, workers=workers, backend=backend,
@@ -188,7 +224,7 @@ def compress(src, dst, *, workers=None, backend=None, progress=False, overwrite=
 def decompress(src, dst, *, workers=None, backend=None, progress=False, overwrite=False) -> dict:
     """Inverse of :func:`compress`, for a file or a compressed directory."""
     src, dst = os.fspath(src), os.fspath(dst)
-    _check_output(dst, overwrite)
+    _check_output(src, dst, overwrite)
     if os.path.isdir(src):
         if not os.path.exists(os.path.join(src, MANIFEST)):
             raise FormatError(f"{src}: not a floatzip model directory (no {MANIFEST}); "

@@ -14,9 +14,19 @@ def _output_args(p):
     p.add_argument("-f", "--force", action="store_true", help="replace DST if it exists")
 
 
+def _thread_count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of threads (0: all cores)")
+    return value
+
+
 def _workers_arg(p):
-    p.add_argument("--workers", type=int, default=None,
-                   help="threads to use (default: all cores)")
+    p.add_argument("--workers", type=_thread_count, default=None,
+                   help="threads to use (default, or 0: all cores)")
     p.add_argument("--backend", choices=["numba", "numpy"], default=None,
                    help="coding back end (default: numba if available)")
 
@@ -135,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("demo", help="compress the bundled all-MiniLM-L6-v2 model and check it")
-    p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--workers", type=_thread_count, default=None)
     p.add_argument("--keep", metavar="DIR", default=None,
                    help="keep the demo's files in DIR instead of a temporary directory")
     p.set_defaults(func=cmd_demo)
@@ -163,8 +173,9 @@ def main(argv=None) -> int:
     except FileNotFoundError as exc:
         print(f"floatzip: error: {exc.filename}: no such file or directory", file=sys.stderr)
         return 2
-    except (IsADirectoryError, NotADirectoryError, PermissionError) as exc:
-        print(f"floatzip: error: {exc.filename}: {exc.strerror}", file=sys.stderr)
+    except OSError as exc:              # a full disk, a name too long, a read-only place...
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"floatzip: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("floatzip: interrupted", file=sys.stderr)

@@ -3,33 +3,63 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import tempfile
 
 
+def temporary_prefix(path: str) -> str:
+    """Prefix of a hidden temporary sibling of ``path``: its name cut short
+    enough that the random part and a suffix still fit in 255 bytes."""
+    return "." + os.path.basename(path)[:100] + "."
+
+
 @contextlib.contextmanager
-def atomic_output(path: str | os.PathLike):
+def atomic_output(path: str | os.PathLike, mode: int | None = None):
     """Yield a binary file opened on a temporary sibling of ``path``; on a
-    clean exit it replaces ``path``, on an exception it is removed."""
+    clean exit it replaces ``path``, on an exception it is removed. ``mode``:
+    the file's permission bits (default: what the umask gives a new file).
+    Errors name ``path``, not the temporary file."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=temporary_prefix(path), suffix=".tmp", dir=directory)
+    except OSError as exc:
+        raise _naming(exc, path) from None
     try:
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
-        # mkstemp makes the file private (0600); give it the usual permissions.
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
+        # mkstemp makes the file private (0600); give it the asked or usual permissions.
+        os.chmod(tmp, (0o666 & ~_umask()) if mode is None else mode)
+        try:
+            os.replace(tmp, path)
+        except OSError as exc:
+            raise _naming(exc, path) from None
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
 
 
+def _naming(exc: OSError, path: str) -> OSError:
+    """The same error about ``path`` (it named a temporary file)."""
+    return type(exc)(exc.errno, exc.strerror, path)
+
+
+def file_mode(path: str) -> int:
+    """Permission bits of ``path``, which an output made from it keeps (as
+    zstd and gzip do: a private checkpoint stays private)."""
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
 def resolve_workers(workers: int | None) -> int:
-    if workers is None or workers <= 0:
+    """Threads to use: None or 0 mean every core."""
+    if workers is None or workers == 0:
         return os.cpu_count() or 1
+    if isinstance(workers, bool) or int(workers) != workers or workers < 0:
+        raise ValueError(f"workers must be a positive number of threads, or 0 or None for "
+                         f"every core; found {workers!r}")
     return int(workers)
 
 

@@ -25,7 +25,12 @@ from ..codecs.layout import MAX_LANE_SYMBOLS, CodedGeometry, pad8
 from ..dtypes import FLOAT_LAYOUTS
 from ..errors import CorruptDataError, FormatError, UnsupportedError
 from ..io_utils import atomic_output
-from .safetensors_header import build_header, parse_header_bytes, read_header
+from .safetensors_header import (
+    MAX_HEADER_BYTES,
+    build_header,
+    parse_header_bytes,
+    read_header,
+)
 
 FORMAT_VERSION = 1
 KEY_VERSION = "floatzip.version"
@@ -81,13 +86,18 @@ def _hex_checksum(data: bytes) -> str:
     return f"{checksum(np.frombuffer(data, dtype=np.uint8)):016x}"
 
 
-def write_file(dst, source_header: bytes, tensors) -> int:
-    """Write a floatzip file from (name, EncodedTensor) pairs, atomically.
-    Blobs go to a scratch file as they come (memory stays near one tensor),
-    then behind the header once all sizes are known. Returns the count."""
+def write_file(dst, source_header: bytes, tensors, mode: int | None = None) -> int:
+    """Write a floatzip file from (name, EncodedTensor) pairs, atomically,
+    with permission bits ``mode`` (default: the umask's). Blobs go to a
+    scratch file as they come (memory stays near one tensor), then behind
+    the header once all sizes are known. Returns the count."""
     params, entries = {}, []
     directory = os.path.dirname(os.path.abspath(dst))
-    with tempfile.TemporaryFile(dir=directory) as scratch:
+    try:
+        scratch_file = tempfile.TemporaryFile(dir=directory)
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, os.fspath(dst)) from None
+    with scratch_file as scratch:
         for name, enc in tensors:
             nbytes = 0
             for part in blob_parts(enc):
@@ -96,7 +106,13 @@ def write_file(dst, source_header: bytes, tensors) -> int:
             params[name] = tensor_params(enc)
             entries.append((name, "U8", [nbytes], nbytes))
         header = build_header(floatzip_metadata(source_header, params), entries)
-        with atomic_output(dst) as out:
+        if len(header) > MAX_HEADER_BYTES:
+            # The source header is stored escaped inside this one, so a source
+            # header near the limit can push this one over it.
+            raise FormatError(f"{dst}: the floatzip header would be {len(header)} bytes, over "
+                              f"the {MAX_HEADER_BYTES}-byte limit of safetensors readers (the "
+                              "source's metadata is too large); keep this file uncompressed")
+        with atomic_output(dst, mode) as out:
             out.write(len(header).to_bytes(8, "little"))
             out.write(header)
             scratch.seek(0)

@@ -81,7 +81,8 @@ def _parse_entry(name: str, info, where: str) -> TensorEntry:
         raise bad("entry is not a JSON object")
     dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
     if dtype not in ITEMSIZE:
-        raise bad(f"unknown dtype {dtype!r}")
+        raise bad(f"unknown dtype {dtype!r}: floatzip reads {', '.join(sorted(ITEMSIZE))}; "
+                  "keep this file uncompressed")
     if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
         raise bad(f"shape must be a list of non-negative integers, found {shape!r}")
     if (not isinstance(offsets, list) or len(offsets) != 2
