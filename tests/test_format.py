@@ -62,6 +62,12 @@ def test_fixture_choices_cover_both_codecs():
     assert codecs["ids"] == codecs["mask"] == codecs["empty"] == "raw"
 
 
+# Must-fail fixtures that are not damaged, for floatzip check: what it raises.
+NOT_DAMAGE = {"not-floatzip.fz.safetensors": floatzip.FormatError,
+              "version-2.fz.safetensors": floatzip.UnsupportedError,
+              "unknown-codec.fz.safetensors": floatzip.UnsupportedError}
+
+
 @pytest.mark.parametrize("name", sorted(EXPECTED_ERRORS))
 def test_must_fail_fixture_is_rejected(tmp_path, name):
     out = tmp_path / "out.safetensors"
@@ -71,10 +77,10 @@ def test_must_fail_fixture_is_rejected(tmp_path, name):
     assert name in str(info.value)          # the message names the file
     assert not out.exists()
     assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
-    # check reports the same damage as a problem, naming the file (a plain
-    # safetensors file is no damage: it raises).
-    if name == "not-floatzip.fz.safetensors":
-        with pytest.raises(floatzip.FormatError, match=EXPECTED_ERRORS[name]):
+    # check reports the same damage as a problem, naming the file; a plain
+    # safetensors file or a newer format is no damage: it raises.
+    if name in NOT_DAMAGE:
+        with pytest.raises(NOT_DAMAGE[name], match=EXPECTED_ERRORS[name]):
             floatzip.check(os.path.join(MUST_FAIL, name))
     else:
         result = floatzip.check(os.path.join(MUST_FAIL, name))

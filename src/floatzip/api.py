@@ -6,6 +6,7 @@ import errno
 import json
 import os
 import shutil
+import stat
 import tempfile
 from dataclasses import dataclass
 
@@ -116,28 +117,40 @@ def _is_floatzip(path: str) -> bool:
     return _safetensors_kind(path) == "floatzip"
 
 
-def _walk(root: str, directories: bool = False):
+def _walk(root: str, directories: bool = False, outside_links: bool = True):
     """(path relative to root, full path) of every file under ``root``, in a
     stable order; with ``directories``, of every directory instead (root
-    first). Symbolic links are followed, files and directories alike (a
-    model fetched into the Hugging Face cache is a tree of links); a link
-    back to a directory already walked is an error, not a loop."""
-    seen = set()
+    first). Symbolic links are followed, to files and directories alike (a
+    model fetched into the Hugging Face cache is a tree of links); a link to
+    a directory it is inside of is an error, not a loop. ``outside_links``
+    False: a link that leads out of ``root`` is an error (floatzip writes no
+    links, so one in a compressed directory came from elsewhere, and a
+    decompressed copy must not carry what it points to)."""
+    top = os.path.realpath(root)
+    ancestors = {root: {top}}       # real paths of each directory's chain, itself included
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        real = os.path.realpath(dirpath)
-        if real in seen:
-            raise FormatError(f"{dirpath}: a symbolic link loops back to {real}")
-        seen.add(real)
         dirnames.sort()
+        for name in dirnames + filenames:
+            full = os.path.join(dirpath, name)
+            if os.path.islink(full):
+                real = os.path.realpath(full)
+                if not outside_links and os.path.commonpath([top, real]) != top:
+                    raise FormatError(f"{full}: a symbolic link out of {root} (to {real}); "
+                                      "a compressed directory holds none, so it is refused")
+                if real in ancestors[dirpath]:
+                    raise FormatError(f"{full}: a symbolic link loops back to {real}")
+        for name in dirnames:
+            full = os.path.join(dirpath, name)
+            ancestors[full] = ancestors[dirpath] | {os.path.realpath(full)}
         if directories:
             yield os.path.relpath(dirpath, root), dirpath
             continue
-        for fn in sorted(filenames):
-            full = os.path.join(dirpath, fn)
+        for name in sorted(filenames):
+            full = os.path.join(dirpath, name)
             yield os.path.relpath(full, root), full
 
 
-def _process_directory(src, dst, file_fn, select, manifest_fn, **kw) -> dict:
+def _process_directory(src, dst, file_fn, select, manifest_fn, walk: dict, **kw) -> dict:
     if os.path.exists(dst) and not os.path.isdir(dst):
         raise FormatError(f"{dst}: exists and is not a directory")
     inner, outer = os.path.realpath(src), os.path.realpath(dst)
@@ -154,7 +167,7 @@ def _process_directory(src, dst, file_fn, select, manifest_fn, **kw) -> dict:
         raise OSError(exc.errno, exc.strerror, dst) from None
     files = {}
     try:
-        for rel, full in _walk(src):
+        for rel, full in _walk(src, **walk):
             if rel == MANIFEST:
                 continue
             target = os.path.join(staging, rel)
@@ -165,11 +178,12 @@ def _process_directory(src, dst, file_fn, select, manifest_fn, **kw) -> dict:
             else:
                 shutil.copy2(full, target)
         manifest_fn(staging, files)
-        # Directories keep their source's permissions (mkdtemp's are 0700).
-        for rel, full in _walk(src, directories=True):
+        # Directories keep their source's permissions (mkdtemp's are 0700),
+        # but stay writable by their owner, so that --force can replace them.
+        for rel, full in _walk(src, directories=True, **walk):
             target = os.path.join(staging, rel)
             if os.path.isdir(target):
-                os.chmod(target, file_mode(full))
+                os.chmod(target, file_mode(full) | stat.S_IRWXU)
         if os.path.islink(dst):
             os.unlink(dst)                  # replace the link, not what it points to
         elif os.path.isdir(dst):
@@ -215,7 +229,7 @@ def compress(src, dst, *, workers=None, backend=None, progress=False, overwrite=
                               "pickle .bin or .pt files must be converted to safetensors first)")
         return _process_directory(src, dst, compress_file,
                                   lambda rel, full: rel.endswith(".safetensors"),
-                                  _write_manifest, workers=workers, backend=backend,
+                                  _write_manifest, {}, workers=workers, backend=backend,
                                   progress=progress, lane_symbols=lane_symbols)
     return compress_file(src, dst, workers=workers, backend=backend, progress=progress,
                          lane_symbols=lane_symbols)
@@ -231,8 +245,8 @@ def decompress(src, dst, *, workers=None, backend=None, progress=False, overwrit
                               "compress it first with 'floatzip compress'")
         return _process_directory(src, dst, decompress_file,
                                   lambda rel, full: rel.endswith(".safetensors") and _is_floatzip(full),
-                                  lambda d, files: None, workers=workers, backend=backend,
-                                  progress=progress)
+                                  lambda d, files: None, {"outside_links": False},
+                                  workers=workers, backend=backend, progress=progress)
     return decompress_file(src, dst, workers=workers, backend=backend, progress=progress)
 
 
@@ -282,40 +296,22 @@ def verify(original, compressed, *, workers=None, backend=None) -> VerifyResult:
 
 
 def check(path, *, workers=None, backend=None) -> VerifyResult:
-    """Decode every tensor of a floatzip file, or of every floatzip file a
-    compressed model directory's manifest lists, and check it against the
-    XXH3-64 checksum stored with it: an integrity test that needs no
-    original (as ``zstd --test``). Never writes anything.
+    """Decode every tensor of a floatzip file, or of every floatzip file in
+    a compressed model directory, and check it against the XXH3-64 checksum
+    stored with it (and the original header against its own): an integrity
+    test that needs no original (as ``zstd --test``). Never writes anything.
 
-    Damage is reported in the result; a path that is not there, a plain
-    safetensors file and a directory without a manifest raise instead
-    (FileNotFoundError, FormatError), as decompress would: they are
-    mistakes of the caller, not damage."""
+    Damage is reported in the result: bad bytes, a file the directory's
+    manifest lists that is missing, or a manifest entry that points outside
+    the directory. A path that is not there, a plain safetensors file, a
+    directory without a manifest and a file of a newer format raise instead
+    (FileNotFoundError, FormatError, UnsupportedError), as decompress would:
+    they are no damage."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path)
     if os.path.isdir(path):
-        manifest = os.path.join(path, MANIFEST)
-        if not os.path.exists(manifest):
-            raise FormatError(f"{path}: not a floatzip model directory (no {MANIFEST}); "
-                              "compress it first with 'floatzip compress'")
-        try:
-            with open(manifest) as f:
-                listed = json.load(f)["files"]
-            if not isinstance(listed, dict):
-                raise TypeError
-        except (OSError, ValueError, KeyError, TypeError):
-            return VerifyResult(False, [f"{manifest}: unreadable, or not a floatzip manifest"])
-        problems = []
-        for rel in sorted(listed):
-            full = os.path.join(path, rel)
-            if not os.path.isfile(full):
-                problems.append(f"{full}: listed in {MANIFEST} but missing")
-            elif _safetensors_kind(full) == "plain":
-                problems.append(f"{full}: listed in {MANIFEST} but not a floatzip file")
-            else:
-                problems += check(full, workers=workers, backend=backend).problems
-        return VerifyResult(not problems, problems)
+        return _check_directory(path, workers=workers, backend=backend)
     if _safetensors_kind(path) == "plain":
         raise FormatError(f"{path}: not a floatzip file (a safetensors file without "
                           f"'{container.KEY_VERSION}' metadata); nothing to check")
@@ -323,10 +319,43 @@ def check(path, *, workers=None, backend=None) -> VerifyResult:
     try:
         fz = container.FloatzipFile(path)
         for name in fz.source.tensors:
-            _decode(fz, name, backend, workers)
+            _decode(fz, name, backend, workers, mapped=False)
+    except UnsupportedError:
+        raise
     except FloatzipError as exc:
         return VerifyResult(False, [str(exc)])
     return VerifyResult(True, [])
+
+
+def _check_directory(path: str, **kw) -> VerifyResult:
+    """check() of every floatzip file in a compressed directory (the files
+    decompress decodes), and of the manifest's list of them."""
+    manifest = os.path.join(path, MANIFEST)
+    if not os.path.exists(manifest):
+        raise FormatError(f"{path}: not a floatzip model directory (no {MANIFEST}); "
+                          "compress it first with 'floatzip compress'")
+    try:
+        with open(manifest) as f:
+            listed = json.load(f)["files"]
+        if not isinstance(listed, dict):
+            raise TypeError
+    except (OSError, ValueError, KeyError, TypeError):
+        return VerifyResult(False, [f"{manifest}: unreadable, or not a floatzip manifest"])
+    found = {rel: full for rel, full in _walk(path, outside_links=False)
+             if rel.endswith(".safetensors") and _is_floatzip(full)}
+    problems = []
+    root = os.path.realpath(path)
+    for rel in sorted(listed):
+        full = os.path.join(path, rel)
+        if os.path.isabs(rel) or os.path.commonpath(
+                [root, os.path.realpath(full)]) != root:
+            problems.append(f"{manifest}: entry {rel!r} points outside {path}")
+        elif rel not in found:
+            kind = "missing" if not os.path.lexists(full) else "not a floatzip file"
+            problems.append(f"{full}: listed in {MANIFEST} but {kind}")
+    for rel in sorted(found):
+        problems += check(found[rel], **kw).problems
+    return VerifyResult(not problems, problems)
 
 
 def _same_file_bytes(a: str, b: str) -> bool:

@@ -8,9 +8,9 @@ import tempfile
 
 
 def temporary_prefix(path: str) -> str:
-    """Prefix of a hidden temporary sibling of ``path``: its name cut short
-    enough that the random part and a suffix still fit in 255 bytes."""
-    return "." + os.path.basename(path)[:100] + "."
+    """Prefix of a hidden temporary sibling of ``path``: its name cut to 100
+    bytes, so that the random part and a suffix still fit in 255."""
+    return "." + os.fsencode(os.path.basename(path))[:100].decode("utf-8", "ignore") + "."
 
 
 @contextlib.contextmanager
@@ -54,12 +54,10 @@ def file_mode(path: str) -> int:
 
 
 def resolve_workers(workers: int | None) -> int:
-    """Threads to use: None or 0 mean every core."""
-    if workers is None or workers == 0:
+    """Threads to use: None, 0 or a negative number (as joblib's -1) mean
+    every core."""
+    if workers is None or workers <= 0:
         return os.cpu_count() or 1
-    if isinstance(workers, bool) or int(workers) != workers or workers < 0:
-        raise ValueError(f"workers must be a positive number of threads, or 0 or None for "
-                         f"every core; found {workers!r}")
     return int(workers)
 
 
