@@ -116,3 +116,14 @@ def test_framework_names(files):
         assert isinstance(f.get_tensor("ids"), np.ndarray)
     with pytest.raises(ValueError, match="'flax'"):
         floatzip.safe_open(packed, framework="flax")
+
+
+def test_plain_files_open_through_safetensors(files):
+    """One call reads compressed and plain files alike (a directory may hold both)."""
+    original, _ = files
+    with floatzip.safe_open(original, framework="pt") as f, \
+            safetensors.safe_open(original, framework="pt") as ref:
+        assert f.keys() == ref.keys() and f.metadata() == ref.metadata()
+        for name in ref.keys():
+            assert torch.equal(f.get_tensor(name), ref.get_tensor(name))
+        assert torch.equal(f.get_slice("z.bf16")[3:5], ref.get_slice("z.bf16")[3:5])

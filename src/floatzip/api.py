@@ -372,13 +372,25 @@ def _same_file_bytes(a: str, b: str) -> bool:
 
 # -- reading tensors -------------------------------------------------------------
 
-class safe_open:
+def safe_open(path, framework: str = "np", device: str = "cpu", *, backend=None,
+              workers: int | None = 1):
     """Read tensors from a floatzip file, mirroring ``safetensors.safe_open``::
 
         with floatzip.safe_open("model.fz.safetensors", framework="pt") as f:
             for name in f.keys():
                 tensor = f.get_tensor(name)
-    """
+
+    A plain (uncompressed) safetensors file is opened by safetensors itself,
+    so one call reads a directory holding both kinds."""
+    if _safetensors_kind(os.fspath(path)) == "plain":
+        import safetensors
+        return safetensors.safe_open(os.fspath(path), framework=framework, device=device)
+    return FloatzipReader(path, framework, device, backend=backend, workers=workers)
+
+
+class FloatzipReader:
+    """An open floatzip file (what :func:`safe_open` returns for one): the
+    methods of safetensors' reader, plus ``get_encoded`` and ``get_bytes``."""
 
     def __init__(self, path, framework: str = "np", device: str = "cpu", *,
                  backend=None, workers: int | None = 1):
@@ -445,13 +457,13 @@ class safe_open:
 
 
 class TensorSlice:
-    """One tensor of a :class:`safe_open` file, decoded when indexed. An
+    """One tensor of a :class:`FloatzipReader`, decoded when indexed. An
     index that narrows the first axis decodes only the groups of values
     that hold those rows; the tensor's checksum is verified only when the
     index takes every row (a part of a tensor cannot be checked against
     it), while the structural checks of every decoded lane still apply."""
 
-    def __init__(self, reader: safe_open, name: str):
+    def __init__(self, reader: FloatzipReader, name: str):
         self._reader = reader
         self._name = name
         self._entry = reader._file._get(name).source
