@@ -63,26 +63,27 @@ def cmd_decompress(args) -> int:
     return 0
 
 
+def _report(result, ok_line: str, problem_label: str) -> int:
+    """verify's and check's outcome: 0 and one line, or 1 and every problem."""
+    if result.ok:
+        print(ok_line)
+        return 0
+    for problem in result.problems:
+        print(f"{problem_label}: {problem}", file=sys.stderr)
+    return 1
+
+
 def cmd_verify(args) -> int:
     from . import api
     result = api.verify(args.original, args.compressed, workers=args.workers, backend=args.backend)
-    if result.ok:
-        print(f"OK: {args.compressed} restores {args.original} bit for bit")
-        return 0
-    for problem in result.problems:
-        print(f"MISMATCH: {problem}", file=sys.stderr)
-    return 1
+    return _report(result, f"OK: {args.compressed} restores {args.original} bit for bit",
+                   "MISMATCH")
 
 
 def cmd_check(args) -> int:
     from . import api
     result = api.check(args.path, workers=args.workers, backend=args.backend)
-    if result.ok:
-        print(f"OK: {args.path}: every stored checksum matches")
-        return 0
-    for problem in result.problems:
-        print(f"CORRUPT: {problem}", file=sys.stderr)
-    return 1
+    return _report(result, f"OK: {args.path}: every stored checksum matches", "CORRUPT")
 
 
 def cmd_info(args) -> int:
