@@ -20,8 +20,8 @@ from .codecs.encoded import (
     encode_tensor,
 )
 from .codecs.layout import LANES
-from .dtypes import ITEMSIZE
 from .codecs.model import DEFAULT_LANE_SYMBOLS
+from .dtypes import ITEMSIZE
 from .errors import (
     CorruptDataError,
     FloatzipError,
@@ -31,7 +31,7 @@ from .errors import (
 )
 from .format import container
 from .format.safetensors_header import read_header
-from .io_utils import atomic_output, file_mode, resolve_workers, temporary_prefix
+from .io_utils import atomic_output, error_about, file_mode, resolve_workers, temporary_prefix
 
 MANIFEST = "floatzip.json"
 
@@ -164,7 +164,7 @@ def _process_directory(src, dst, file_fn, select, manifest_fn, walk: dict, **kw)
     try:
         staging = tempfile.mkdtemp(prefix=temporary_prefix(dst), dir=parent)
     except OSError as exc:
-        raise OSError(exc.errno, exc.strerror, dst) from None
+        raise error_about(exc, dst) from None
     files = {}
     try:
         for rel, full in _walk(src, **walk):
@@ -203,9 +203,17 @@ def _write_manifest(directory: str, files: dict) -> None:
         json.dump(doc, f, indent=2, sort_keys=True)
 
 
+def _require_manifest(directory: str) -> str:
+    """The manifest's path, or FormatError if ``directory`` has none."""
+    manifest = os.path.join(directory, MANIFEST)
+    if not os.path.exists(manifest):
+        raise FormatError(f"{directory}: not a floatzip model directory (no {MANIFEST}); "
+                          "compress it first with 'floatzip compress'")
+    return manifest
+
+
 def _check_output(src: str, dst: str, overwrite: bool) -> None:
-    if os.path.lexists(dst) and os.path.exists(src) and os.path.exists(dst) \
-            and os.path.samefile(src, dst):
+    if os.path.exists(src) and os.path.exists(dst) and os.path.samefile(src, dst):
         raise FormatError(f"{dst}: is the input itself; choose another output")
     if os.path.lexists(dst) and not overwrite:
         raise OutputExistsError(f"{dst}: already exists; pass overwrite=True (CLI: --force) "
@@ -240,9 +248,7 @@ def decompress(src, dst, *, workers=None, backend=None, progress=False, overwrit
     src, dst = os.fspath(src), os.fspath(dst)
     _check_output(src, dst, overwrite)
     if os.path.isdir(src):
-        if not os.path.exists(os.path.join(src, MANIFEST)):
-            raise FormatError(f"{src}: not a floatzip model directory (no {MANIFEST}); "
-                              "compress it first with 'floatzip compress'")
+        _require_manifest(src)
         return _process_directory(src, dst, decompress_file,
                                   lambda rel, full: rel.endswith(".safetensors") and _is_floatzip(full),
                                   lambda d, files: None, {"outside_links": False},
@@ -315,6 +321,11 @@ def check(path, *, workers=None, backend=None) -> VerifyResult:
     if _safetensors_kind(path) == "plain":
         raise FormatError(f"{path}: not a floatzip file (a safetensors file without "
                           f"'{container.KEY_VERSION}' metadata); nothing to check")
+    return _check_file(path, workers=workers, backend=backend)
+
+
+def _check_file(path: str, *, workers, backend) -> VerifyResult:
+    """check() of a file that is not a plain safetensors file."""
     workers = resolve_workers(workers)
     try:
         fz = container.FloatzipFile(path)
@@ -330,10 +341,7 @@ def check(path, *, workers=None, backend=None) -> VerifyResult:
 def _check_directory(path: str, **kw) -> VerifyResult:
     """check() of every floatzip file in a compressed directory (the files
     decompress decodes), and of the manifest's list of them."""
-    manifest = os.path.join(path, MANIFEST)
-    if not os.path.exists(manifest):
-        raise FormatError(f"{path}: not a floatzip model directory (no {MANIFEST}); "
-                          "compress it first with 'floatzip compress'")
+    manifest = _require_manifest(path)
     try:
         with open(manifest) as f:
             listed = json.load(f)["files"]
@@ -354,7 +362,7 @@ def _check_directory(path: str, **kw) -> VerifyResult:
             kind = "missing" if not os.path.lexists(full) else "not a floatzip file"
             problems.append(f"{full}: listed in {MANIFEST} but {kind}")
     for rel in sorted(found):
-        problems += check(found[rel], **kw).problems
+        problems += _check_file(found[rel], **kw).problems
     return VerifyResult(not problems, problems)
 
 

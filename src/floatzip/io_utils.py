@@ -24,7 +24,7 @@ def atomic_output(path: str | os.PathLike, mode: int | None = None):
     try:
         fd, tmp = tempfile.mkstemp(prefix=temporary_prefix(path), suffix=".tmp", dir=directory)
     except OSError as exc:
-        raise _naming(exc, path) from None
+        raise error_about(exc, path) from None
     try:
         with os.fdopen(fd, "wb") as f:
             yield f
@@ -35,15 +35,16 @@ def atomic_output(path: str | os.PathLike, mode: int | None = None):
         try:
             os.replace(tmp, path)
         except OSError as exc:
-            raise _naming(exc, path) from None
+            raise error_about(exc, path) from None
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
 
 
-def _naming(exc: OSError, path: str) -> OSError:
-    """The same error about ``path`` (it named a temporary file)."""
+def error_about(exc: OSError, path: str) -> OSError:
+    """The same error about ``path``, for one that named a temporary file
+    made on the way to writing ``path``."""
     return type(exc)(exc.errno, exc.strerror, path)
 
 

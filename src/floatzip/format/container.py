@@ -24,7 +24,7 @@ from ..codecs.encoded import CODEC_RAW, CODEC_TANS, EncodedTensor, checksum
 from ..codecs.layout import MAX_LANE_SYMBOLS, CodedGeometry, pad8
 from ..dtypes import FLOAT_LAYOUTS
 from ..errors import CorruptDataError, FormatError, UnsupportedError
-from ..io_utils import atomic_output
+from ..io_utils import atomic_output, error_about
 from .safetensors_header import (
     MAX_HEADER_BYTES,
     build_header,
@@ -96,7 +96,7 @@ def write_file(dst, source_header: bytes, tensors, mode: int | None = None) -> i
     try:
         scratch_file = tempfile.TemporaryFile(dir=directory)
     except OSError as exc:
-        raise OSError(exc.errno, exc.strerror, os.fspath(dst)) from None
+        raise error_about(exc, os.fspath(dst)) from None
     with scratch_file as scratch:
         for name, enc in tensors:
             nbytes = 0

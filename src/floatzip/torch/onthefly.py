@@ -35,10 +35,11 @@ count, and then decodes with the idle cores.
 
 Parameters are swapped as ``torch.utils.swap_tensors`` swaps them (see
 :func:`swap_contents`), which keeps each Parameter object: tied weights
-(the same Parameter in two modules) stay tied, and any other reference to a parameter sees the decoded tensor while
-its unit runs. Between uses a parameter is a :class:`CompressedWeight`
-placeholder (on the meta device, no data) that raises if anything computes
-with it outside its module's forward.
+(the same Parameter in two modules) stay tied, and any other reference to a
+parameter sees the decoded tensor while its unit runs. Between uses a
+parameter is a :class:`CompressedWeight` placeholder (on the meta device,
+no data) that raises if anything computes with it outside its module's
+forward.
 
 Resident memory is the compressed blobs (memory-mapped: RSS grows to the
 compressed size as they are first read, and the kernel may drop clean pages
@@ -421,6 +422,7 @@ def swap_contents(a: torch.Tensor, b: torch.Tensor) -> None:
     a.__class__, b.__class__ = b.__class__, a.__class__
     a.__dict__, b.__dict__ = b.__dict__, a.__dict__
     _swap_tensor_impl(a, b)
+
 
 @dataclass
 class DecodeStats:
