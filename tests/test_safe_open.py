@@ -8,6 +8,7 @@ from conftest import bf16_bits, write_safetensors
 
 import floatzip
 from floatzip import api
+from floatzip.codecs.layout import pad8
 
 # Index expressions tried on every tensor; each is checked against
 # safetensors' own slice of the original file.
@@ -94,7 +95,6 @@ def test_slices_still_catch_damage_in_their_groups(files):
     data = bytearray(packed.read_bytes())
     fz = floatzip.safe_open(packed)._file
     enc = fz.encoded("z.bf16")
-    pad8 = lambda n: -(-n // 8) * 8        # noqa: E731 - sections start on 8 bytes
     payload_at = fz.tensors["z.bf16"].blob_begin + pad8(2 * enc.counts.size) \
         + pad8(2 * enc.lane_sizes.size)
     # The last byte of lane 0's stream holds its final bits: damage it.
