@@ -7,7 +7,7 @@ import torch
 from conftest import bf16_bits, write_safetensors
 
 import floatzip
-from floatzip import api
+from floatzip import reader
 from floatzip.codecs.layout import pad8
 
 # Index expressions tried on every tensor; each is checked against
@@ -75,13 +75,13 @@ def test_slices_and_tensors_match_safetensors(files, framework):
 def test_row_slices_decode_only_their_groups(files, monkeypatch):
     _, packed = files
     ranges = []
-    real = api.decode_group_range
+    real = reader.decode_group_range
 
     def recording(enc, g0, g1, **kw):
         ranges.append((g0, g1))
         return real(enc, g0, g1, **kw)
 
-    monkeypatch.setattr(api, "decode_group_range", recording)
+    monkeypatch.setattr(reader, "decode_group_range", recording)
     with floatzip.safe_open(packed, framework="pt") as f:
         piece = f.get_slice("z.bf16")
         piece[10:12]                       # values 1000..1199: groups 1 and 2

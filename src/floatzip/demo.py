@@ -17,6 +17,7 @@ import time
 import numpy as np
 
 from . import api
+from .directory import walk
 from .errors import FloatzipError
 from .format.safetensors_header import build_header, read_header
 from .info import summarize
@@ -50,7 +51,7 @@ def f32_to_bf16_bits(f32: np.ndarray) -> np.ndarray:
 def write_bf16_copy(src_dir: str, dst_dir: str) -> None:
     """A copy of a model directory with its float32 safetensors cast to bf16."""
     shutil.copytree(src_dir, dst_dir)
-    for rel, full in api._walk(dst_dir):
+    for rel, full in walk(dst_dir):
         if not rel.endswith(".safetensors"):
             continue
         with open(full, "rb") as f:

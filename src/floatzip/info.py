@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from . import api
+from .directory import is_floatzip, walk
 from .dtypes import ITEMSIZE
 from .errors import FormatError
 from .format.container import BOUND_FIELD, FORMAT_VERSION, FloatzipFile
@@ -12,8 +12,8 @@ from .format.container import BOUND_FIELD, FORMAT_VERSION, FloatzipFile
 
 def _files(path: str) -> list[str]:
     if os.path.isdir(path):
-        return [full for rel, full in api._walk(path)
-                if rel.endswith(".safetensors") and api._is_floatzip(full)]
+        return [full for rel, full in walk(path)
+                if rel.endswith(".safetensors") and is_floatzip(full)]
     return [path]
 
 

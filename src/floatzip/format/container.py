@@ -86,7 +86,8 @@ def _hex_checksum(data: bytes) -> str:
     return f"{checksum(np.frombuffer(data, dtype=np.uint8)):016x}"
 
 
-def write_file(dst, source_header: bytes, tensors, mode: int | None = None) -> int:
+def write_file(dst, source_header: bytes, tensors, mode: int | None = None, *,
+               overwrite: bool = True) -> int:
     """Write a floatzip file from (name, EncodedTensor) pairs, atomically,
     with permission bits ``mode`` (default: the umask's). Blobs go to a
     scratch file as they come (memory stays near one tensor), then behind
@@ -112,7 +113,7 @@ def write_file(dst, source_header: bytes, tensors, mode: int | None = None) -> i
             raise FormatError(f"{dst}: the floatzip header would be {len(header)} bytes, over "
                               f"the {MAX_HEADER_BYTES}-byte limit of safetensors readers (the "
                               "source's metadata is too large); keep this file uncompressed")
-        with atomic_output(dst, mode) as out:
+        with atomic_output(dst, mode, overwrite=overwrite) as out:
             out.write(len(header).to_bytes(8, "little"))
             out.write(header)
             scratch.seek(0)

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..api import MANIFEST
+from ..directory import MANIFEST
 from ..codecs.encoded import EncodedTensor, decode_tensor
 from ..errors import CorruptDataError, FormatError, UnsupportedError
 from ..format.container import FloatzipFile
