@@ -23,8 +23,11 @@ def sha256(path):
 
 
 # Compressed fixture -> the original it restores. mixed-no-header-checksum
-# is mixed.fz.safetensors as floatzip wrote it before the header checksum.
-VALID = {"example-bf16": "example-bf16", "mixed": "mixed", "mixed-no-header-checksum": "mixed"}
+# is mixed.fz.safetensors as floatzip wrote it before the header checksum,
+# mixed-unreserved as it wrote it before the streaming writer (the same
+# blobs, a header without the spaces that pad it to its reserved length).
+VALID = {"example-bf16": "example-bf16", "mixed": "mixed", "mixed-no-header-checksum": "mixed",
+         "mixed-unreserved": "mixed"}
 
 
 @pytest.mark.parametrize("stem", sorted(VALID))
@@ -53,6 +56,23 @@ def test_encoder_reproduces_fixture_bytes(tmp_path, backend):
     out = tmp_path / "mixed.fz.safetensors"
     floatzip.compress(os.path.join(V1, "mixed.safetensors"), out, backend=backend, workers=2)
     assert sha256(out) == sha256(os.path.join(V1, "mixed.fz.safetensors"))
+
+
+def test_header_reserve_costs_a_few_bytes_a_tensor():
+    # The streaming writer reserves room for the widest header the file
+    # could need and pads the real one with spaces: the same JSON, the
+    # same blobs, a few bytes more a tensor.
+    def parts(path):
+        data = open(path, "rb").read()
+        n = int.from_bytes(data[:8], "little")
+        return data[8:8 + n], data[8 + n:]
+    new_header, new_data = parts(os.path.join(V1, "mixed.fz.safetensors"))
+    old_header, old_data = parts(os.path.join(V1, "mixed-unreserved.fz.safetensors"))
+    assert new_data == old_data
+    assert json.loads(new_header) == json.loads(old_header)
+    assert new_header.rstrip(b" ") == old_header.rstrip(b" ")
+    tensors = len(FloatzipFile(os.path.join(V1, "mixed.fz.safetensors")).tensors)
+    assert len(new_header) - len(old_header) <= 8 * tensors
 
 
 def test_fixture_choices_cover_both_codecs():

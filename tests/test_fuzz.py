@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import floatzip
-from floatzip.api import _decode
+from floatzip.decode import decode_stored
 from floatzip.format.container import FloatzipFile
 
 BACKENDS = ["numpy", "numba"]
@@ -36,7 +36,7 @@ def decode_all(path, backend):
     fz = FloatzipFile(path)
     out = [len(fz.source.raw).to_bytes(8, "little"), fz.source.raw]
     for name in fz.source.tensors:
-        out.append(_decode(fz, name, backend, 1).tobytes())
+        out.append(decode_stored(fz, name, backend, 1).tobytes())
     return b"".join(out)
 
 

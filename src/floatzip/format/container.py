@@ -24,7 +24,7 @@ from ..codecs.encoded import CODEC_RAW, CODEC_TANS, EncodedTensor, checksum
 from ..codecs.layout import MAX_LANE_SYMBOLS, CodedGeometry, pad8
 from ..dtypes import FLOAT_LAYOUTS
 from ..errors import CorruptDataError, FormatError, UnsupportedError
-from ..io_utils import atomic_output, error_about
+from ..io_utils import atomic_output, error_about, pread_exact
 from .safetensors_header import (
     MAX_HEADER_BYTES,
     build_header,
@@ -48,16 +48,22 @@ _TANS_FIELDS = ("codec", "symbol_bits", "table_log", "first_symbol", "table_symb
 # -- writing -----------------------------------------------------------------
 
 def tensor_params(enc: EncodedTensor) -> dict:
-    if enc.codec == CODEC_RAW:
-        params = {"codec": CODEC_RAW, "xxh3": f"{enc.checksum:016x}"}
+    return tensor_params_of(enc.codec, f"{enc.checksum:016x}", enc.geometry, enc.bound_bits)
+
+
+def tensor_params_of(codec: str, xxh3: str, geometry: CodedGeometry | None,
+                     bound_bits: int | None) -> dict:
+    """A tensor's coding parameters (section 3), in the order written."""
+    if codec == CODEC_RAW:
+        params = {"codec": CODEC_RAW, "xxh3": xxh3}
     else:
-        g = enc.geometry
+        g = geometry
         params = {"codec": CODEC_TANS, "symbol_bits": g.symbol_bits, "table_log": g.table_log,
                   "first_symbol": g.first_symbol, "table_symbols": g.table_symbols,
                   "lane_symbols": g.lane_symbols, "payload_bytes": g.payload_bytes,
-                  "xxh3": f"{enc.checksum:016x}"}
-    if enc.bound_bits is not None:
-        params[BOUND_FIELD] = enc.bound_bits
+                  "xxh3": xxh3}
+    if bound_bits is not None:
+        params[BOUND_FIELD] = bound_bits
     return params
 
 
@@ -125,10 +131,7 @@ def read_range(path: str, offset: int, nbytes: int) -> np.ndarray:
     """``nbytes`` bytes of a file from ``offset``, read into a new array."""
     out = np.empty(nbytes, dtype=np.uint8)
     with open(path, "rb", buffering=0) as f:
-        f.seek(offset)
-        got = f.readinto(memoryview(out))
-    if got != nbytes:
-        raise FormatError(f"{path}: file ended while reading {nbytes} bytes at offset {offset}")
+        pread_exact(f.fileno(), out, offset, path)
     return out
 
 
@@ -144,6 +147,19 @@ class StoredTensor:
     blob_begin: int         # absolute offset of the blob in the floatzip file
     blob_bytes: int
     geometry: CodedGeometry | None
+
+
+@dataclass(frozen=True)
+class StoredSections:
+    """What :meth:`FloatzipFile.sections` returns: a stored tensor's
+    validated small parts, and the file offsets of its large ones."""
+    stored: StoredTensor
+    checksum: int                       # XXH3-64 of the original bytes
+    geometry: CodedGeometry | None      # None: stored raw, the blob is the bytes
+    counts: np.ndarray | None           # tans: <u2[table_symbols]
+    lane_sizes: np.ndarray | None       # tans: <u2[lanes]
+    payload_begin: int                  # absolute file offsets (raw codec: the blob's)
+    raw_begin: int
 
 
 class FloatzipFile:
@@ -221,33 +237,55 @@ class FloatzipFile:
     def encoded(self, name: str, *, mapped: bool = True) -> EncodedTensor:
         """The stored form of one tensor, with every size and the code table
         validated. ``mapped``: its sections are views of the memory-mapped
-        file (zero-copy, lazy); otherwise the blob is read into memory, which
-        keeps a streaming pass over the file from growing the resident set
-        by the size of the file."""
+        file (zero-copy, lazy); otherwise the blob is read into memory."""
         t = self._get(name)
         if mapped:
             blob = self._bytes()[t.blob_begin:t.blob_begin + t.blob_bytes]
         else:
             blob = read_range(self.path, t.blob_begin, t.blob_bytes)
+        parts = self.sections(name, blob=blob)
+        if parts.geometry is None:
+            return EncodedTensor(t.source.dtype, t.source.shape, CODEC_RAW, parts.checksum,
+                                 raw=blob)
+        sec = parts.geometry.sections()
+        payload = blob[sec["payload"][0]:sec["payload"][0] + sec["payload"][1]]
+        raw = blob[sec["raw"][0]:sec["raw"][0] + sec["raw"][1]]
+        return EncodedTensor(t.source.dtype, t.source.shape, CODEC_TANS, parts.checksum,
+                             parts.geometry, parts.counts, parts.lane_sizes, payload, raw)
+
+    def sections(self, name: str, *, fd: int | None = None, blob=None) -> "StoredSections":
+        """The small, validated parts of one stored tensor (its counts and
+        lane sizes, the padding checked) and where its payload and raw
+        section lie, reading only those small parts: through ``fd`` (an
+        open descriptor of this file) or from ``blob`` (the whole blob in
+        memory), else through a descriptor opened here. Large tensors are
+        then decoded a range of groups at a time (floatzip.decode)."""
+        t = self._get(name)
         checksum = int(t.params["xxh3"], 16)
-        shape = t.source.shape
-        if t.geometry is None:
-            return EncodedTensor(t.source.dtype, shape, CODEC_RAW, checksum, raw=blob)
         g = t.geometry
+        if g is None:
+            return StoredSections(t, checksum, None, None, None, t.blob_begin, t.blob_begin)
+        if blob is None and fd is None:
+            with open(self.path, "rb", buffering=0) as f:
+                return self.sections(name, fd=f.fileno())
         sec = g.sections()
 
-        def section(key, dtype="<u1"):
-            off, length = sec[key]
-            return blob[off:off + length].view(dtype)
+        def read(offset, length, dtype="<u1"):
+            if blob is not None:
+                return np.asarray(blob[offset:offset + length]).view(dtype)
+            out = np.empty(length, dtype=np.uint8)
+            pread_exact(fd, out, t.blob_begin + offset, self.path)
+            return out.view(dtype)
 
         where = f"{self.path}: tensor {name!r}"
-        padding = np.concatenate([blob[off + length:pad8(off + length)]
-                                  for off, length in (sec[k] for k in ("counts", "lane_sizes", "payload", "raw"))])
+        padding = np.concatenate([read(off + length, pad8(off + length) - off - length)
+                                  for off, length in (sec[k] for k in ("counts", "lane_sizes",
+                                                                         "payload", "raw"))])
         if padding.any():
             raise FormatError(f"{where}: non-zero padding between blob sections")
-        counts = section("counts", "<u2")
+        counts = read(*sec["counts"], "<u2")
         _validate_counts(counts, g, where)
-        lane_sizes = section("lane_sizes", "<u2")
+        lane_sizes = read(*sec["lane_sizes"], "<u2")
         total = int(lane_sizes.sum(dtype=np.int64))
         if total != g.payload_bytes:
             raise FormatError(f"{where}: lane sizes add up to {total} bytes but payload_bytes "
@@ -257,12 +295,13 @@ class FloatzipFile:
             lane = int(np.argmax(lane_sizes))
             raise FormatError(f"{where}: lane {lane} claims {int(lane_sizes[lane])} bytes; a lane of "
                               f"{g.lane_symbols} symbols holds at most {longest}")
-        raw = section("raw")
         spare = (-g.count * g.raw_bits) % 8
-        if spare and raw.size and int(raw[-1]) >> (8 - spare):
-            raise FormatError(f"{where}: non-zero unused bits at the end of the raw section")
-        return EncodedTensor(t.source.dtype, shape, CODEC_TANS, checksum, g,
-                             counts, lane_sizes, section("payload"), raw)
+        if spare and sec["raw"][1]:
+            last = read(sec["raw"][0] + sec["raw"][1] - 1, 1)
+            if int(last[0]) >> (8 - spare):
+                raise FormatError(f"{where}: non-zero unused bits at the end of the raw section")
+        return StoredSections(t, checksum, g, counts, lane_sizes,
+                              t.blob_begin + sec["payload"][0], t.blob_begin + sec["raw"][0])
 
     def _get(self, name: str) -> StoredTensor:
         try:

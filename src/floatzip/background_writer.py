@@ -1,0 +1,89 @@
+"""Writing an output in a thread of its own while the next step is decoded.
+
+On a page cache, ``write`` is a copy plus page allocation that takes as long
+as decoding the same bytes does, and on a busy disk it stalls for seconds
+once the dirty pages pile up. Done in line, every step waits for both. Here
+the caller decodes step ``i + 1`` while this thread writes step ``i``, and
+each written range is handed to the disk at once (``sync_file_range``), so
+dirty pages never pile up and the final fsync finds little left to do.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+from concurrent.futures import Future, ThreadPoolExecutor
+
+from .io_utils import pwrite_all
+
+_SYNC_FILE_RANGE_WRITE = 2      # start writeback of the range's dirty pages; do not wait
+
+
+def _load_sync_file_range():
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        call = libc.sync_file_range
+    except (OSError, AttributeError):
+        return None                 # not Linux: the final fsync does it all
+    call.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    call.restype = ctypes.c_int
+    return call
+
+
+_sync_file_range = _load_sync_file_range()
+
+
+class BackgroundWriter:
+    """Writes pieces to ``fd`` (one after the other from ``offset``, or
+    where told), in a thread; at most one piece is in flight while the caller prepares the
+    next, so a caller that alternates two buffers never overwrites one that
+    is still being written: after ``write(piece)`` returns, the piece given
+    the call before is written and its buffer free again."""
+
+    def __init__(self, fd: int, offset: int = 0):
+        self._fd = fd
+        self.offset = offset
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="floatzip-writer")
+        self._pending: Future | None = None
+
+    def write(self, piece) -> None:
+        """Write ``piece`` where the previous one ended."""
+        self.write_at(piece, self.offset)
+        self.offset += memoryview(piece).nbytes
+
+    def write_at(self, piece, offset: int) -> None:
+        """Write ``piece`` at ``offset``."""
+        previous = self._pending
+        self._pending = self._pool.submit(self._write_at, piece, offset)
+        if previous is not None:
+            previous.result()           # raises what the write raised
+
+    def _write_at(self, piece, offset: int) -> None:
+        pwrite_all(self._fd, piece, offset)
+        if _sync_file_range is not None:
+            # Best effort: an error here is one the final fsync reports.
+            _sync_file_range(self._fd, offset, memoryview(piece).nbytes, _SYNC_FILE_RANGE_WRITE)
+
+    def flush(self) -> None:
+        """Wait for every piece to be written (raising a write's error)."""
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()
+
+    def close(self) -> None:
+        try:
+            self.flush()
+        finally:
+            self._pool.shutdown(wait=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, *exc):
+        if kind is None:
+            self.close()
+        else:                           # already failing: wait, but keep the first error
+            try:
+                self.close()
+            except OSError:
+                pass
+        return False

@@ -1,0 +1,293 @@
+"""Compressing one safetensors file into a floatzip file, streamed: memory
+stays bounded (a window of :data:`WINDOW_BYTES` and what one step codes)
+whatever the sizes of the file and of its tensors.
+
+The floatzip header names every blob's size, which is known only once the
+blob is coded, and it comes first in the file. Rather than code into a
+scratch file and copy the result behind the header (a second write of
+everything), the writer reserves room for the largest header the file can
+need, writes each blob in place behind it, and writes the real header last,
+padded with spaces to the reserved length (JSON allows them, and safetensors
+pads its own headers so). The reserve costs a few bytes a tensor: each
+number's widest decimal form.
+
+A tensor larger than the window is read twice: once for its histogram and
+checksum (the code table must be known before the first symbol is coded),
+once to code it. Its raw section comes after the payload in the blob (v1
+layout) and the payload's size is known only at the end, so the raw fields
+go to an unnamed scratch file and are copied into place by the kernel.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+
+import numpy as np
+import xxhash
+
+from . import backends
+from .background_writer import BackgroundWriter
+from .codecs import model
+from .codecs.encoded import CODEC_RAW, CODEC_TANS
+from .codecs.layout import LANES, pad8
+from .dtypes import FLOAT_LAYOUTS
+from .errors import FormatError
+from .format import container
+from .format.safetensors_header import Header, build_header
+from .io_utils import error_about, pread_exact, pwrite_all
+from .progress import NO_PROGRESS, Progress
+
+# Source bytes read at a time. A tensor up to this size is read once.
+WINDOW_BYTES = 256 << 20
+# No tans blob is shorter (its counts, then 32 lane sizes): a tensor of at
+# most this many bytes is always stored raw, and its reserve is exact.
+_SMALLEST_CODED_BLOB = 8 + 2 * LANES
+
+
+def encode_file(src_fd: int, header: Header, out_fd: int, *, src: str, dst: str, backend=None,
+                workers: int = 1, lane_symbols: int = model.DEFAULT_LANE_SYMBOLS,
+                progress=None) -> int:
+    """Write the floatzip form of the safetensors file open at ``src_fd``
+    (its validated ``header``) to the empty file ``out_fd``. ``src`` and
+    ``dst`` name them in errors. Returns the number of tensors."""
+    reserved = reserved_header_bytes(header, lane_symbols)
+    if reserved > container.MAX_HEADER_BYTES:
+        # The source header is stored escaped inside this one, so a source
+        # header near the limit can push this one over it.
+        raise FormatError(f"{dst}: the floatzip header could take up to {reserved} bytes, over "
+                          f"the {container.MAX_HEADER_BYTES}-byte limit of safetensors readers (the "
+                          "source's metadata is too large); keep this file uncompressed")
+    writer = _TensorWriter(src_fd, out_fd, src=src, dst=dst, backend=backend, workers=workers,
+                           lane_symbols=lane_symbols, progress=progress or NO_PROGRESS)
+    try:
+        position = 8 + reserved
+        params, entries = {}, []
+        for name, entry in header.tensors.items():
+            tensor_params, nbytes = writer.write(name, entry, header.data_start + entry.begin,
+                                                 position)
+            params[name] = tensor_params
+            entries.append((name, "U8", [nbytes], nbytes))
+            position += nbytes
+    finally:
+        writer.close()
+    text = build_header(container.floatzip_metadata(header.raw, params), entries)
+    if len(text) > reserved:        # the reserve's arithmetic is wrong: never write such a file
+        raise AssertionError(f"floatzip header of {len(text)} bytes exceeds its reserved "
+                             f"{reserved}")
+    text += b" " * (reserved - len(text))
+    pwrite_all(out_fd, len(text).to_bytes(8, "little") + text, 0)
+    os.ftruncate(out_fd, position)
+    return len(entries)
+
+
+def reserved_header_bytes(header: Header, lane_symbols: int) -> int:
+    """The longest floatzip header that the file can need: every tensor with
+    its widest parameters (a blob is never larger than the tensor, which is
+    stored raw otherwise) and every offset at the largest it can be."""
+    total = header.data_bytes
+    params, entries = {}, []
+    for name, entry in header.tensors.items():
+        layout = FLOAT_LAYOUTS.get(entry.dtype)
+        worst = {"codec": CODEC_RAW, "xxh3": "0" * 16}
+        if layout is not None and entry.nbytes <= _SMALLEST_CODED_BLOB:
+            worst[container.BOUND_FIELD] = 8 * entry.nbytes      # stays raw, for sure
+        elif layout is not None:
+            worst = {"codec": CODEC_TANS, "symbol_bits": 12, "table_log": 12,
+                     "first_symbol": 4095, "table_symbols": 4096,
+                     "lane_symbols": lane_symbols, "payload_bytes": entry.nbytes,
+                     "xxh3": "0" * 16, container.BOUND_FIELD: 8 * entry.nbytes}
+        params[name] = worst
+        entries.append((name, entry.nbytes, total))
+    text = build_header(container.floatzip_metadata(header.raw, params),
+                        [(name, "U8", [nbytes], 0) for name, nbytes, _ in entries])
+    # build_header wrote offsets [0, 0] for every entry: widen them to the
+    # largest offset, whose decimal form is the longest any can take.
+    widest = 2 * (len(str(total)) - 1) * len(entries)
+    return pad8(len(text) + widest)
+
+
+class _TensorWriter:
+    """Codes tensors one by one into their place in the output file."""
+
+    def __init__(self, src_fd: int, out_fd: int, *, src: str, dst: str, backend, workers: int,
+                 lane_symbols: int, progress: Progress):
+        self._progress = progress
+        self._src_fd, self._out_fd = src_fd, out_fd
+        self._src, self._dst = src, dst
+        self._impl = backends.get(backend)
+        self._workers = workers
+        self._lane_symbols = lane_symbols
+        self._window = None
+        self._scratch = None
+        self._writer = BackgroundWriter(out_fd)
+
+    def close(self) -> None:
+        self._writer.close()
+        if self._scratch is not None:
+            self._scratch.close()
+            self._scratch = None
+
+    def _read(self, offset: int, nbytes: int) -> np.ndarray:
+        """``nbytes`` source bytes from ``offset`` into the reused window."""
+        if self._window is None or self._window.size < nbytes:
+            self._window = np.empty(max(nbytes, 8), dtype=np.uint8)
+        view = self._window[:nbytes]
+        pread_exact(self._src_fd, view, offset, self._src)
+        return view
+
+    def write(self, name: str, entry, src_offset: int, dst_offset: int) -> tuple[dict, int]:
+        """Code one tensor into the output at ``dst_offset``; returns its
+        parameters and its blob's size."""
+        layout = FLOAT_LAYOUTS.get(entry.dtype)
+        if layout is None:
+            return self._write_raw(entry.nbytes, src_offset, dst_offset, None), entry.nbytes
+        count = entry.nbytes // layout.storage.itemsize
+        whole = entry.nbytes <= WINDOW_BYTES
+        digest = xxhash.xxh3_64()
+        top = model.histogram_bits(layout)
+        histogram = np.zeros(1 << top, dtype=np.int64)
+        for start, size in _steps(entry.nbytes, WINDOW_BYTES):
+            data = self._read(src_offset + start, size)
+            digest.update(data)
+            histogram += self._impl.histogram(data.view(layout.storage), layout.width, top,
+                                              workers=self._workers)
+        params = {"codec": CODEC_RAW, "xxh3": f"{digest.intdigest():016x}",
+                  container.BOUND_FIELD: int(round(model.exponent_bound_bits(
+                      histogram, layout, count)))}
+        choice = model.choose_coding(histogram, layout, count, lane_symbols=self._lane_symbols)
+        if choice is not None:
+            coded = self._write_coded(name, entry, layout, choice, params, src_offset,
+                                      dst_offset, whole)
+            if coded is not None:
+                return coded
+        self._write_raw(entry.nbytes, src_offset, dst_offset, params, whole)
+        return params, entry.nbytes
+
+    def _write_raw(self, nbytes: int, src_offset: int, dst_offset: int, params: dict | None,
+                   in_window: bool = False) -> dict:
+        """Copy the tensor's bytes as they are; its parameters (made here,
+        with the checksum, when ``params`` is None)."""
+        digest = xxhash.xxh3_64()
+        for start, size in _steps(nbytes, WINDOW_BYTES):
+            data = self._window[:size] if in_window else self._read(src_offset + start, size)
+            digest.update(data)
+            pwrite_all(self._out_fd, data, dst_offset + start)
+            self._progress.advance(size)
+        if params is None:
+            return {"codec": CODEC_RAW, "xxh3": f"{digest.intdigest():016x}"}
+        if f"{digest.intdigest():016x}" != params["xxh3"]:
+            raise self._changed()
+        return params
+
+    def _write_coded(self, name, entry, layout, choice, raw_params, src_offset, dst_offset,
+                     in_window) -> tuple[dict, int] | None:
+        """Code the tensor as ``choice`` says; None (having written nothing
+        that counts) when the blob would not be smaller than the tensor."""
+        count = entry.nbytes // layout.storage.itemsize
+        itemsize = layout.storage.itemsize
+        group = LANES * choice.lane_symbols
+        groups = -(-count // group)
+        lane_sizes = np.zeros(groups * LANES, dtype="<u2")
+        counts_at = 0
+        sizes_at = pad8(2 * len(choice.counts))
+        payload_at = pad8(sizes_at + lane_sizes.nbytes)
+        args = dict(width=layout.width, symbol_bits=choice.symbol_bits,
+                    table_log=choice.table_log, first_symbol=choice.first_symbol,
+                    lane_symbols=choice.lane_symbols)
+        step_values = max(1, WINDOW_BYTES // (group * itemsize)) * group
+        digest = xxhash.xxh3_64()
+        payload_bytes, raw_parts, raw_bytes = 0, [], 0
+        spill = entry.nbytes > WINDOW_BYTES       # raw fields of several steps: to scratch
+        if spill:
+            scratch = self._scratch_file()
+        for v0 in range(0, count, step_values):
+            v1 = min(v0 + step_values, count)
+            data = (self._window[v0 * itemsize:v1 * itemsize] if in_window
+                    else self._read(src_offset + v0 * itemsize, (v1 - v0) * itemsize))
+            if not in_window:
+                digest.update(data)
+            sizes, payload, raw = self._impl.encode(data.view(layout.storage), args,
+                                                    choice.counts, workers=self._workers)
+            lane_sizes[v0 // group * LANES:v0 // group * LANES + sizes.size] = sizes
+            # encode returns new arrays: the writer may keep them while the
+            # next step is coded.
+            self._writer.write_at(payload, dst_offset + payload_at + payload_bytes)
+            payload_bytes += payload.size
+            if spill:
+                pwrite_all(scratch.fileno(), raw, raw_bytes)
+            else:
+                raw_parts.append(raw)
+            raw_bytes += raw.size
+            self._progress.advance((v1 - v0) * itemsize)
+        self._writer.flush()
+        if not in_window and f"{digest.intdigest():016x}" != raw_params["xxh3"]:
+            raise self._changed()
+        geometry = model.geometry_for(choice, layout, count, payload_bytes)
+        if geometry.blob_bytes >= entry.nbytes:
+            self._progress.advance(-entry.nbytes)      # it goes through again, raw
+            return None
+        sections = geometry.sections()
+        raw_at = sections["raw"][0]
+        zeros = np.zeros(8, dtype=np.uint8)
+        out = self._out_fd
+        pwrite_all(out, np.asarray(choice.counts, dtype="<u2"), dst_offset + counts_at)
+        pwrite_all(out, zeros[:sizes_at - 2 * len(choice.counts)],
+                   dst_offset + 2 * len(choice.counts))
+        pwrite_all(out, lane_sizes, dst_offset + sizes_at)
+        pwrite_all(out, zeros[:payload_at - sizes_at - lane_sizes.nbytes],
+                   dst_offset + sizes_at + lane_sizes.nbytes)
+        pwrite_all(out, zeros[:raw_at - payload_at - payload_bytes],
+                   dst_offset + payload_at + payload_bytes)
+        if spill:
+            _copy_range(scratch.fileno(), 0, out, dst_offset + raw_at, raw_bytes, self._dst)
+        else:
+            position = dst_offset + raw_at
+            for part in raw_parts:
+                pwrite_all(out, part, position)
+                position += part.size
+        pwrite_all(out, zeros[:geometry.blob_bytes - raw_at - raw_bytes],
+                   dst_offset + raw_at + raw_bytes)
+        params = container.tensor_params_of(CODEC_TANS, raw_params["xxh3"], geometry,
+                                            raw_params[container.BOUND_FIELD])
+        return params, geometry.blob_bytes
+
+    def _scratch_file(self):
+        """An unnamed file beside the output (same file system: the kernel
+        can copy from it without a round trip through user space)."""
+        if self._scratch is None:
+            try:
+                self._scratch = tempfile.TemporaryFile(dir=os.path.dirname(os.path.abspath(self._dst)))
+            except OSError as exc:
+                raise error_about(exc, self._dst) from None
+        return self._scratch
+
+    def _changed(self) -> FormatError:
+        return FormatError(f"{self._src}: changed while it was being compressed (its bytes "
+                           "differ between two reads); compress it again once nothing writes it")
+
+
+def _steps(total: int, step: int):
+    """(start, size) of the pieces of [0, total) of at most ``step`` bytes."""
+    return [(start, min(step, total - start)) for start in range(0, total, step)]
+
+
+def _copy_range(src_fd: int, src_offset: int, dst_fd: int, dst_offset: int, nbytes: int,
+                where: str) -> None:
+    """Copy bytes between two files inside the kernel where it can
+    (copy_file_range), else through a buffer."""
+    done = 0
+    try:
+        while done < nbytes:
+            got = os.copy_file_range(src_fd, dst_fd, nbytes - done, src_offset + done,
+                                     dst_offset + done)
+            if got == 0:
+                break
+            done += got
+    except OSError:
+        pass                        # not supported here: copy the rest through memory
+    buffer = np.empty(min(nbytes - done, 16 << 20), dtype=np.uint8) if done < nbytes else None
+    while done < nbytes:
+        piece = buffer[:min(buffer.size, nbytes - done)]
+        pread_exact(src_fd, piece, src_offset + done, where)
+        pwrite_all(dst_fd, piece, dst_offset + done)
+        done += piece.size
