@@ -167,9 +167,10 @@ def test_check_on_model_directories(tmp_path, rng):
     (packed / "floatzip.json").write_text(json.dumps(
         {"files": {"../outside.fz.safetensors": {}, str(outside): {}}}))
     result = floatzip.check(packed)
-    assert len(result.problems) == 3
+    assert len(result.problems) == 4
     assert all("points outside" in p for p in result.problems[:2])
-    assert "'b.weight'" in result.problems[2]
+    assert "a floatzip file that floatzip.json does not list" in result.problems[2]
+    assert "'b.weight'" in result.problems[3]
     (packed / "floatzip.json").write_text("[]")
     assert "not a floatzip manifest" in floatzip.check(packed).problems[0]
     (packed / "floatzip.json").unlink()
@@ -366,7 +367,7 @@ def test_file_system_errors_name_the_output_without_traceback(tmp_path, small_ch
     assert code == 0, err
     assert not link.is_symlink() and (link / "floatzip.json").exists()
     assert (target / "keep.txt").read_text() == "mine"
-    code, out, err = run_cli("compress", small_checkpoint, tmp_path / "x", "--workers", "-2")
+    code, out, err = run_cli("compress", small_checkpoint, tmp_path / "x", "--workers", "two")
     assert code == 2 and "not a number of threads" in err
 
 
@@ -420,8 +421,8 @@ def test_python_dash_m_runs_the_cli():
 
 
 def test_unknown_dtype_is_refused_clearly(tmp_path):
-    header = b'{"w":{"dtype":"F4","shape":[4],"data_offsets":[0,2]}}'
-    bad = tmp_path / "fp4.safetensors"
+    header = b'{"w":{"dtype":"F3","shape":[4],"data_offsets":[0,2]}}'
+    bad = tmp_path / "fp3.safetensors"
     bad.write_bytes(len(header).to_bytes(8, "little") + header + b"\x12\x34")
     code, out, err = run_cli("compress", bad, tmp_path / "o")
-    assert code == 2 and "unknown dtype 'F4'" in err and "'w'" in err and "Traceback" not in err
+    assert code == 2 and "unknown dtype 'F3'" in err and "'w'" in err and "Traceback" not in err

@@ -2,82 +2,92 @@
 directories. Reading tensors: :mod:`floatzip.reader` (``safe_open``)."""
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 
-from .codecs.encoded import check_lane_symbols, encode_tensor
+import numpy as np
+
+from .codecs.encoded import check_lane_symbols
 from .codecs.model import DEFAULT_LANE_SYMBOLS
-from .decode import decode_stored
+from .background_writer import BackgroundWriter
+from .decode import StreamDecoder
+from .encode import encode_file
 from .directory import (
-    MANIFEST,
     check_directory,
+    compress_directory,
+    decompress_directory,
     is_floatzip,
-    process_directory,
-    require_manifest,
     safetensors_kind,
-    walk,
-    write_manifest,
+    verify_directory,
 )
 from .errors import FloatzipError, FormatError, OutputExistsError, UnsupportedError
 from .format import container
 from .format.safetensors_header import read_header
-from .io_utils import atomic_output, file_mode, resolve_workers
+from .io_utils import atomic_output, file_mode, pread_exact, resolve_workers
+from .progress import Progress
 from .reader import FloatzipReader, TensorSlice, safe_open  # noqa: F401  (public names)
 from .results import VerifyResult
 
 
-def _progress(total, desc, enabled):
-    from tqdm import tqdm
-    return tqdm(total=total, desc=desc, unit="B", unit_scale=True, disable=not enabled,
-                leave=False)
+@contextlib.contextmanager
+def _job_progress(progress, total: int, desc: str):
+    """The Progress a file job advances: the caller's (a directory job's
+    one bar) or, for ``progress`` True or False, a bar of its own."""
+    if isinstance(progress, Progress):
+        yield progress
+        return
+    with Progress(total, desc, enabled=bool(progress)) as bar:
+        yield bar
 
 
 # -- single files --------------------------------------------------------------
 
 def compress_file(src, dst, *, workers=None, backend=None, progress=False,
                   lane_symbols: int = DEFAULT_LANE_SYMBOLS, overwrite: bool = True) -> dict:
-    """Compress one .safetensors file. Returns a summary dict."""
+    """Compress one .safetensors file, a step at a time (memory stays
+    bounded whatever the tensors' sizes). Returns a summary dict."""
     src, dst = os.fspath(src), os.fspath(dst)
     workers = resolve_workers(workers)
     check_lane_symbols(lane_symbols)
     try:
-        with open(src, "rb") as f:
-            header = read_header(f, src)
+        f = open(src, "rb", buffering=0)
     except OSError as exc:
         raise FormatError(f"{src}: cannot read file: {exc.strerror or exc}") from None
-    if header.metadata and container.KEY_VERSION in header.metadata:
-        raise FormatError(f"{src}: already a floatzip file; decompress it first")
-
-    def encoded_tensors(bar):
-        # Each tensor is read into memory on its own (not memory-mapped), so
-        # the resident set stays near one tensor however large the file.
-        for name, entry in header.tensors.items():
-            region = container.read_range(src, header.data_start + entry.begin, entry.nbytes)
-            yield name, encode_tensor(region, entry.dtype, entry.shape, backend=backend,
-                                      workers=workers, lane_symbols=lane_symbols)
-            bar.update(entry.nbytes)
-
-    with _progress(header.data_bytes, os.path.basename(src), progress) as bar:
-        count = container.write_file(dst, header.raw, encoded_tensors(bar), mode=file_mode(src),
-                                     overwrite=overwrite)
+    with f:
+        header = read_header(f, src)
+        if header.metadata and container.KEY_VERSION in header.metadata:
+            raise FormatError(f"{src}: already a floatzip file; decompress it first")
+        with _job_progress(progress, header.data_start + header.data_bytes,
+                           os.path.basename(src)) as bar, \
+                atomic_output(dst, mode=file_mode(src), overwrite=overwrite) as out:
+            count = encode_file(f.fileno(), header, out.fileno(), src=src, dst=dst,
+                                backend=backend, workers=workers, lane_symbols=lane_symbols,
+                                progress=bar)
+            bar.advance(header.data_start)
     return {"original_bytes": os.path.getsize(src), "compressed_bytes": os.path.getsize(dst),
             "tensors": count}
 
 
 def decompress_file(src, dst, *, workers=None, backend=None, progress=False,
                     overwrite: bool = True) -> dict:
-    """Restore the original .safetensors file, byte for byte."""
+    """Restore the original .safetensors file, byte for byte, a step at a
+    time (memory stays bounded whatever the tensors' sizes)."""
     src, dst = os.fspath(src), os.fspath(dst)
     workers = resolve_workers(workers)
     fz = container.FloatzipFile(src)
     source = fz.source
-    with atomic_output(dst, mode=file_mode(src), overwrite=overwrite) as out, \
-            _progress(source.data_bytes, os.path.basename(src), progress) as bar:
-        out.write(len(source.raw).to_bytes(8, "little"))
-        out.write(source.raw)
-        for name in source.tensors:      # in data-offset order: the output is sequential
-            out.write(decode_stored(fz, name, backend, workers, mapped=False).data)
-            bar.update(source.tensors[name].nbytes)
+    with open(src, "rb", buffering=0) as f, \
+            _job_progress(progress, os.path.getsize(src), os.path.basename(src)) as bar, \
+            atomic_output(dst, mode=file_mode(src), overwrite=overwrite) as out:
+        decoder = StreamDecoder(fz, f.fileno(), backend=backend, workers=workers)
+        with BackgroundWriter(out.fileno()) as writer:
+            writer.write(len(source.raw).to_bytes(8, "little") + source.raw)
+            for name in source.tensors:      # in data-offset order: the output is sequential
+                for piece in decoder.chunks(name):
+                    writer.write(piece)
+                bar.advance(fz.tensors[name].blob_bytes)
+        bar.advance(fz.header.data_start)
     return {"original_bytes": os.path.getsize(dst), "compressed_bytes": os.path.getsize(src),
             "tensors": len(source.tensors)}
 
@@ -104,13 +114,9 @@ def compress(src, dst, *, workers=None, backend=None, progress=False, overwrite=
     _check_output(src, dst, overwrite)
     check_lane_symbols(lane_symbols)
     if os.path.isdir(src):
-        if not any(rel.endswith(".safetensors") for rel, _ in walk(src)):
-            raise FormatError(f"{src}: holds no .safetensors file to compress (weights in "
-                              "pickle .bin or .pt files must be converted to safetensors first)")
-        return process_directory(src, dst, compress_file,
-                                 lambda rel, full: rel.endswith(".safetensors"),
-                                 write_manifest, {}, overwrite=overwrite, workers=workers,
-                                 backend=backend, progress=progress, lane_symbols=lane_symbols)
+        return compress_directory(src, dst, compress_file, overwrite=overwrite,
+                                  progress=progress, workers=workers, backend=backend,
+                                  lane_symbols=lane_symbols)
     return compress_file(src, dst, workers=workers, backend=backend, progress=progress,
                          lane_symbols=lane_symbols, overwrite=overwrite)
 
@@ -120,64 +126,78 @@ def decompress(src, dst, *, workers=None, backend=None, progress=False, overwrit
     src, dst = os.fspath(src), os.fspath(dst)
     _check_output(src, dst, overwrite)
     if os.path.isdir(src):
-        require_manifest(src)
-        return process_directory(src, dst, decompress_file,
-                                 lambda rel, full: rel.endswith(".safetensors") and is_floatzip(full),
-                                 lambda d, files: None, {"outside_links": False},
-                                 overwrite=overwrite, workers=workers, backend=backend,
-                                 progress=progress)
+        return decompress_directory(src, dst, decompress_file, overwrite=overwrite,
+                                    progress=progress, workers=workers, backend=backend)
     return decompress_file(src, dst, workers=workers, backend=backend, progress=progress,
                            overwrite=overwrite)
 
 
-def verify(original, compressed, *, workers=None, backend=None) -> VerifyResult:
+def verify(original, compressed, *, workers=None, backend=None, progress=False) -> VerifyResult:
     """Decode ``compressed`` and compare it with ``original`` byte for byte
-    (files or directories). Never writes anything."""
+    (files or directories), by the rules decompress follows: a compressed
+    directory is checked against its manifest as decompress checks it
+    (directory.verify_directory). Never writes anything. A path that is not
+    there raises FileNotFoundError, as for decompress."""
     original, compressed = os.fspath(original), os.fspath(compressed)
-    if os.path.isdir(original) != os.path.isdir(compressed):
-        return VerifyResult(False, [f"{original} and {compressed}: one is a directory, the other is not"])
-    if os.path.isdir(original):
-        problems = []
-        names_a = {rel for rel, _ in walk(original)}
-        names_b = {rel for rel, _ in walk(compressed)} - {MANIFEST}
-        for rel in sorted(names_a ^ names_b):
-            problems.append(f"{rel}: present in only one of the directories")
-        for rel in sorted(names_a & names_b):
-            problems += verify(os.path.join(original, rel), os.path.join(compressed, rel),
-                               workers=workers, backend=backend).problems
-        return VerifyResult(not problems, problems)
+    for path in (original, compressed):
+        if not os.path.exists(path):
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path)
+    if os.path.isdir(original) or os.path.isdir(compressed):
+        return verify_directory(original, compressed, _verify_file, workers=workers,
+                                backend=backend, progress=progress)
     if not is_floatzip(compressed):
         same = _same_file_bytes(original, compressed)
         return VerifyResult(same, [] if same else [f"{compressed}: differs from {original}"])
+    return _verify_file(original, compressed, workers=workers, backend=backend,
+                        progress=progress)
+
+
+def _verify_file(original: str, compressed: str, *, workers, backend,
+                 progress=False) -> VerifyResult:
+    """verify() of a floatzip file against its original, a step at a time."""
     workers = resolve_workers(workers)
     try:
         fz = container.FloatzipFile(compressed)
-        with open(original, "rb") as f:
-            head = f.read(8 + len(fz.source.raw))
+        with open(original, "rb", buffering=0) as f, open(compressed, "rb", buffering=0) as c, \
+                _job_progress(progress, os.path.getsize(compressed),
+                              os.path.basename(compressed)) as bar:
+            fd = f.fileno()
             expected = len(fz.source.raw).to_bytes(8, "little") + fz.source.raw
-            if head != expected:
-                return VerifyResult(False, [f"{compressed}: header differs from {original}'s"])
-            if os.fstat(f.fileno()).st_size != fz.source.data_start + fz.source.data_bytes:
+            if os.fstat(fd).st_size != fz.source.data_start + fz.source.data_bytes:
                 return VerifyResult(False, [f"{original}: size differs from what {compressed} restores"])
+            head = np.empty(len(expected), dtype=np.uint8)
+            pread_exact(fd, head, 0, original)
+            if head.tobytes() != expected:
+                return VerifyResult(False, [f"{compressed}: header differs from {original}'s"])
+            decoder = StreamDecoder(fz, c.fileno(), backend=backend, workers=workers)
+            want = None
             for name, entry in fz.source.tensors.items():
-                want = f.read(entry.nbytes)
-                got = decode_stored(fz, name, backend, workers, mapped=False)
-                if got.tobytes() != want:
+                offset = fz.source.data_start + entry.begin
+                same = True
+                for piece in decoder.chunks(name):
+                    if want is None or want.size < piece.size:
+                        want = np.empty(piece.size, dtype=np.uint8)
+                    pread_exact(fd, want[:piece.size], offset, original)
+                    same = same and np.array_equal(want[:piece.size], piece)
+                    offset += piece.size
+                if not same:        # the tensor was decoded to its end: its checksum held
                     return VerifyResult(False, [f"{compressed}: tensor {name!r} differs from {original}"])
+                bar.advance(fz.tensors[name].blob_bytes)
     except FloatzipError as exc:
         return VerifyResult(False, [str(exc)])
     return VerifyResult(True, [])
 
 
-def check(path, *, workers=None, backend=None) -> VerifyResult:
+def check(path, *, workers=None, backend=None, progress=False) -> VerifyResult:
     """Decode every tensor of a floatzip file, or of every floatzip file in
     a compressed model directory, and check it against the XXH3-64 checksum
     stored with it (and the original header against its own): an integrity
     test that needs no original (as ``zstd --test``). Never writes anything.
 
-    Damage is reported in the result: bad bytes, a file the directory's
-    manifest lists that is missing, or a manifest entry that points outside
-    the directory. A path that is not there, a plain safetensors file, a
+    Damage is reported in the result: bad bytes, and for a directory what
+    decompress would refuse (directory.inspect_directory: a listed file
+    missing or changed, an unlisted floatzip file, an entry that points
+    outside the directory). A path that is not there, a plain safetensors file, a
     directory without a manifest and a file of a newer format raise instead
     (FileNotFoundError, FormatError, UnsupportedError), as decompress would:
     they are no damage."""
@@ -185,20 +205,26 @@ def check(path, *, workers=None, backend=None) -> VerifyResult:
     if not os.path.exists(path):
         raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path)
     if os.path.isdir(path):
-        return check_directory(path, _check_file, workers=workers, backend=backend)
+        return check_directory(path, _check_file, workers=workers, backend=backend,
+                               progress=progress)
     if safetensors_kind(path) == "plain":
         raise FormatError(f"{path}: not a floatzip file (a safetensors file without "
                           f"'{container.KEY_VERSION}' metadata); nothing to check")
-    return _check_file(path, workers=workers, backend=backend)
+    return _check_file(path, workers=workers, backend=backend, progress=progress)
 
 
-def _check_file(path: str, *, workers, backend) -> VerifyResult:
+def _check_file(path: str, *, workers, backend, progress=False) -> VerifyResult:
     """check() of a file that is not a plain safetensors file."""
     workers = resolve_workers(workers)
     try:
         fz = container.FloatzipFile(path)
-        for name in fz.source.tensors:
-            decode_stored(fz, name, backend, workers, mapped=False)
+        with open(path, "rb", buffering=0) as f, \
+                _job_progress(progress, os.path.getsize(path), os.path.basename(path)) as bar:
+            decoder = StreamDecoder(fz, f.fileno(), backend=backend, workers=workers)
+            for name in fz.source.tensors:
+                for _ in decoder.chunks(name):
+                    pass
+                bar.advance(fz.tensors[name].blob_bytes)
     except UnsupportedError:
         raise
     except FloatzipError as exc:

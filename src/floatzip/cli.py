@@ -2,31 +2,56 @@
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 import time
 
 from .codecs.model import DEFAULT_LANE_SYMBOLS
-from .errors import FloatzipError
+from .errors import FloatzipError, OutputExistsError
+
+
+def _quiet_arg(p):
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
 def _output_args(p):
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _quiet_arg(p)
     p.add_argument("-f", "--force", action="store_true", help="replace DST if it exists")
+
+
+def _show_progress(args) -> bool:
+    """A bar only for a person watching: not with -q, not into a file or pipe."""
+    return not args.quiet and sys.stderr.isatty()
 
 
 def _thread_count(text: str) -> int:
     try:
-        value = int(text)
+        return int(text)
     except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of threads (0: all cores)")
-    return value
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a number of threads (0 or negative: all cores)") from None
+
+
+def _input_path(text: str) -> str:
+    if text == "-":
+        raise argparse.ArgumentTypeError("reading standard input ('-') is not supported; name "
+                                         "a file or directory (./- for one named '-')")
+    return text
+
+
+def _output_path(text: str) -> str:
+    if text == "-":
+        raise argparse.ArgumentTypeError("writing to standard output ('-') is not supported; "
+                                         "name an output file or directory (./- for one "
+                                         "named '-')")
+    return text
 
 
 def _workers_arg(p):
+    # As the API (and joblib's n_jobs=-1): 0 or a negative number is every core.
     p.add_argument("--workers", type=_thread_count, default=None,
-                   help="threads to use (default, or 0: all cores)")
+                   help="threads to use (default, 0 or negative: all cores)")
     p.add_argument("--backend", choices=["numba", "numpy"], default=None,
                    help="coding back end (default: numba if available)")
 
@@ -39,27 +64,78 @@ def _human(n: float) -> str:
     return str(n)
 
 
+def _ratio(after: int, before: int) -> str:
+    return f"ratio {after / max(before, 1):.4f}"
+
+
+def _speed(nbytes: int, seconds: float) -> str:
+    return f"in {seconds:.2f} s, {nbytes / max(seconds, 1e-9) / 1e6:.0f} MB/s"
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def _directory_lines(s: dict, compressing: bool) -> list[str]:
+    """A directory job's parts: coded files, copied files, and what was left
+    out, so that the totals above them can be accounted for."""
+    coded, copied = s["coded_files"], s["copied_files"]
+    before, after = s["coded_original_bytes"], s["coded_compressed_bytes"]
+    if compressing:
+        lines = [(f"  compressed: {_count(coded, 'file')}, {_human(before)} -> {_human(after)} "
+                  f"({_ratio(after, before)})")]
+    else:
+        lines = [f"  decompressed: {_count(coded, 'file')}, {_human(after)} -> {_human(before)}"]
+    lines.append(f"  copied as they are: {_count(copied, 'file')}, {_human(s['copied_bytes'])}")
+    for why in s.get("uncoded", {}).values():
+        lines.append(f"  not compressed (copied as is): {why}")
+    for rel in s.get("skipped", []):
+        lines.append(f"  left out: {rel} (version control)")
+    return lines
+
+
+def _output_exists(args) -> OutputExistsError:
+    # The API's message speaks of overwrite=True; here the switch is --force.
+    return OutputExistsError(f"{args.dst}: already exists; use --force to replace it")
+
+
 def cmd_compress(args) -> int:
     from . import api
     t0 = time.perf_counter()
-    s = api.compress(args.src, args.dst, workers=args.workers, backend=args.backend,
-                     progress=not args.quiet and sys.stderr.isatty(), overwrite=args.force,
-                     lane_symbols=args.lane_symbols)
+    try:
+        s = api.compress(args.src, args.dst, workers=args.workers, backend=args.backend,
+                         progress=_show_progress(args), overwrite=args.force,
+                         lane_symbols=args.lane_symbols)
+    except OutputExistsError:
+        raise _output_exists(args) from None
     dt = time.perf_counter() - t0
-    print(f"{args.src} -> {args.dst}: {_human(s['original_bytes'])} -> "
-          f"{_human(s['compressed_bytes'])} (ratio {s['compressed_bytes'] / max(s['original_bytes'], 1):.4f}) "
-          f"in {dt:.2f} s, {s['original_bytes'] / dt / 1e6:.0f} MB/s")
+    before, after = s["original_bytes"], s["compressed_bytes"]
+    head = f"{args.src} -> {args.dst}: {_human(before)} -> {_human(after)} ({_ratio(after, before)})"
+    if "files" in s:
+        print(f"{head} {_speed(before, dt)}")
+        print("\n".join(_directory_lines(s, compressing=True)))
+    else:
+        print(f"{head}, {_count(s['tensors'], 'tensor')}, {_speed(before, dt)}")
     return 0
 
 
 def cmd_decompress(args) -> int:
     from . import api
     t0 = time.perf_counter()
-    s = api.decompress(args.src, args.dst, workers=args.workers, backend=args.backend,
-                       progress=not args.quiet and sys.stderr.isatty(), overwrite=args.force)
+    try:
+        s = api.decompress(args.src, args.dst, workers=args.workers, backend=args.backend,
+                           progress=_show_progress(args), overwrite=args.force)
+    except OutputExistsError:
+        raise _output_exists(args) from None
     dt = time.perf_counter() - t0
-    print(f"{args.src} -> {args.dst}: {_human(s['original_bytes'])} restored in {dt:.2f} s, "
-          f"{s['original_bytes'] / dt / 1e6:.0f} MB/s")
+    restored = s["original_bytes"]
+    head = (f"{args.src} -> {args.dst}: {_human(s['compressed_bytes'])} -> "
+            f"{_human(restored)} restored")
+    if "files" in s:
+        print(f"{head} {_speed(restored, dt)}")
+        print("\n".join(_directory_lines(s, compressing=False)))
+    else:
+        print(f"{head}, {_count(s['tensors'], 'tensor')}, {_speed(restored, dt)}")
     return 0
 
 
@@ -75,14 +151,16 @@ def _report(result, ok_line: str, problem_label: str) -> int:
 
 def cmd_verify(args) -> int:
     from . import api
-    result = api.verify(args.original, args.compressed, workers=args.workers, backend=args.backend)
+    result = api.verify(args.original, args.compressed, workers=args.workers,
+                        backend=args.backend, progress=_show_progress(args))
     return _report(result, f"OK: {args.compressed} restores {args.original} bit for bit",
                    "MISMATCH")
 
 
 def cmd_check(args) -> int:
     from . import api
-    result = api.check(args.path, workers=args.workers, backend=args.backend)
+    result = api.check(args.path, workers=args.workers, backend=args.backend,
+                       progress=_show_progress(args))
     return _report(result, f"OK: {args.path}: every stored checksum matches", "CORRUPT")
 
 
@@ -114,8 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
             ("compress", cmd_compress, "compress a .safetensors file or a model directory"),
             ("decompress", cmd_decompress, "restore the original file or directory, byte for byte")):
         p = sub.add_parser(name, help=text)
-        p.add_argument("src")
-        p.add_argument("dst")
+        p.add_argument("src", type=_input_path)
+        p.add_argument("dst", type=_output_path)
         _output_args(p)
         _workers_arg(p)
         if name == "compress":
@@ -129,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("verify", help="exit 0 only if COMPRESSED restores ORIGINAL bit for bit")
     p.add_argument("original")
     p.add_argument("compressed")
+    _quiet_arg(p)
     _workers_arg(p)
     p.set_defaults(func=cmd_verify)
 
@@ -136,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "its stored checksums (no original needed, like "
                                      "zstd --test)")
     p.add_argument("path")
+    _quiet_arg(p)
     _workers_arg(p)
     p.set_defaults(func=cmd_check)
 
@@ -160,10 +240,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _reader_went_away() -> int:
+    """The reader of our output left (``floatzip info X | head -3``): stop
+    without a word, as tools killed by SIGPIPE do, with their status."""
+    try:
+        # Python would flush what is left at exit, fail again and say so.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass                        # no file descriptor (captured output): nothing to flush
+    return 128 + signal.SIGPIPE
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except BrokenPipeError:
+        return _reader_went_away()
     except FloatzipError as exc:
         print(f"floatzip: error: {exc}", file=sys.stderr)
         return 2

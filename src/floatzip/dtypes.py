@@ -1,4 +1,5 @@
-"""Bit layouts of the floating-point dtypes floatzip entropy-codes.
+"""Bit layouts of the floating-point dtypes floatzip entropy-codes, and the
+element sizes of every dtype a safetensors file may hold.
 
 A value of ``width`` bits is ``sign | exponent | mantissa``. The codec rotates
 the sign bit to the bottom so that the *top* bits are ``exponent | mantissa``:
@@ -36,16 +37,31 @@ FLOAT_LAYOUTS = {
     )
 }
 
-# Bytes per element of the safetensors dtypes floatzip reads. Those not in
-# FLOAT_LAYOUTS (integers, bool, F64, ...) are stored raw. The sub-byte types
-# (F4, F6_*) are not listed: a file holding them is refused as an unknown
-# dtype rather than mis-sized.
-ITEMSIZE = {
-    "BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1,
-    "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
-    "I32": 4, "U32": 4, "F32": 4, "C64": 8,
-    "I64": 8, "U64": 8, "F64": 8,
+# Bits per element of every dtype safetensors (0.8) knows: the enum of its
+# Rust crate. floatzip entropy-codes those in FLOAT_LAYOUTS and stores the
+# others raw (codec "raw"). A dtype not listed here is refused, as
+# safetensors refuses it.
+BITS = {
+    "BOOL": 8, "U8": 8, "I8": 8,
+    "F4": 4, "F6_E2M3": 6, "F6_E3M2": 6,        # OCP microscaling, packed
+    "F8_E5M2": 8, "F8_E4M3": 8, "F8_E8M0": 8, "F8_E4M3FNUZ": 8, "F8_E5M2FNUZ": 8,
+    "I16": 16, "U16": 16, "F16": 16, "BF16": 16,
+    "I32": 32, "U32": 32, "F32": 32, "C64": 64,
+    "I64": 64, "U64": 64, "F64": 64,
 }
+
+# Bytes per element of the dtypes whose elements are whole bytes (all but
+# the packed sub-byte ones).
+ITEMSIZE = {dtype: bits // 8 for dtype, bits in BITS.items() if bits % 8 == 0}
+
+
+def tensor_bytes(dtype: str, count: int) -> int | None:
+    """Bytes of ``count`` elements of ``dtype``, as safetensors computes it:
+    ``count * bits / 8``, packed with no padding; None when that is not a
+    whole number of bytes (safetensors refuses such a tensor: an F4 tensor
+    of 3 elements, an F6 tensor of 2)."""
+    bits = count * BITS[dtype]
+    return bits // 8 if bits % 8 == 0 else None
 
 
 def rotate_sign_down(bits: np.ndarray, width: int) -> np.ndarray:

@@ -2,29 +2,40 @@
 each tensor compressed, next to the order-0 entropy bound."""
 from __future__ import annotations
 
+import math
 import os
 
-from .directory import is_floatzip, walk
-from .dtypes import ITEMSIZE
+from .directory import MANIFEST, is_floatzip, walk
 from .errors import FormatError
 from .format.container import BOUND_FIELD, FORMAT_VERSION, FloatzipFile
 
 
-def _files(path: str) -> list[str]:
-    if os.path.isdir(path):
-        return [full for rel, full in walk(path)
-                if rel.endswith(".safetensors") and is_floatzip(full)]
-    return [path]
+def _files(path: str) -> tuple[list[str], list[str]]:
+    """The floatzip files of a file or directory, and its other files but
+    the manifest."""
+    if not os.path.isdir(path):
+        return [path], []
+    coded, other = [], []
+    for rel, full in walk(path):
+        if rel != MANIFEST:
+            (coded if rel.endswith(".safetensors") and is_floatzip(full) else other).append(full)
+    return coded, other
 
 
 def summarize(path: str, per_tensor=None) -> dict:
     """Sizes of a compressed file or directory, from its headers alone:
-    original and coded tensor bytes, whole files, and the order-0 bound.
+    original and coded tensor bytes, whole files, the order-0 bound, and
+    for a directory its other files (copied as they are) and its manifest.
     ``per_tensor(file, name, stored)`` is called for each tensor if given."""
-    files = _files(path)
+    files, other = _files(path)
     if os.path.isdir(path) and not files:
         raise FormatError(f"{path}: holds no floatzip files")
-    total = dict(orig=0, blob=0, file_orig=0, file=0, bound=0.0, bound_orig=0)
+    total = dict(orig=0, blob=0, file_orig=0, file=0, bound=0.0, bound_orig=0,
+                 other_files=len(other), other=sum(os.path.getsize(f) for f in other),
+                 manifest=0)
+    manifest = os.path.join(path, MANIFEST)
+    if os.path.isdir(path) and os.path.isfile(manifest):
+        total["manifest"] = os.path.getsize(manifest)
     for file in files:
         fz = FloatzipFile(file)
         if per_tensor:
@@ -57,7 +68,7 @@ def print_info(path: str, *, per_tensor: bool = True) -> int:
                   f"{'ratio':>7} {'bits/w':>7} {'bound':>7}")
             return
         src = item.source
-        n = max(1, src.nbytes // ITEMSIZE[src.dtype])
+        n = max(1, math.prod(src.shape))
         bound = item.params.get(BOUND_FIELD)
         shape = "x".join(map(str, src.shape)) or "scalar"
         shown = "" if bound is None else f"{bound / n:7.3f}"
@@ -70,4 +81,8 @@ def print_info(path: str, *, per_tensor: bool = True) -> int:
           f"ratio {t['file_ratio']:.4f} (headers included)")
     if t["bound_ratio"] is not None:
         print(f"order-0 bound (exponent at its entropy, other bits raw): ratio {t['bound_ratio']:.4f}")
+    if os.path.isdir(path):
+        print(f"other files (copied as they are): {t['other_files']}, {t['other']:,} bytes")
+        print(f"whole directory: {t['file_orig'] + t['other']:,} -> "
+              f"{t['file'] + t['other'] + t['manifest']:,} bytes (manifest included)")
     return 0

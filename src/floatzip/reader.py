@@ -230,7 +230,9 @@ class TensorSlice:
             self._reader._numpy_dtype(self._file, self._name)
             items = _checked_np_index(items, shape, where)
         rows, rest = _row_plan(items, shape, where)
-        if rows is None or (rows.start == 0 and len(rows) == shape[0]):
+        whole = rows is None or (rows.start == 0 and len(rows) == shape[0])
+        if whole or self._entry.dtype not in ITEMSIZE:  # sub-byte values: rows need not
+            # start on a byte; the whole tensor's conversion says what it makes of them
             tensor, rest = self._reader._whole_tensor(self._file, self._name), items
         else:
             tensor = self._rows(rows.start, rows.stop)

@@ -13,8 +13,8 @@ import json
 import os
 from dataclasses import dataclass
 
-from ..dtypes import ITEMSIZE
-from ..errors import FormatError
+from ..dtypes import BITS, tensor_bytes
+from ..errors import FormatError, UnsupportedError
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024     # the limit the safetensors library applies
 
@@ -80,9 +80,14 @@ def _parse_entry(name: str, info, where: str) -> TensorEntry:
     if not isinstance(info, dict):
         raise bad("entry is not a JSON object")
     dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
-    if dtype not in ITEMSIZE:
-        raise bad(f"unknown dtype {dtype!r}: floatzip reads {', '.join(sorted(ITEMSIZE))}; "
-                  "keep this file uncompressed")
+    if not isinstance(dtype, str):
+        raise bad(f"dtype must be a string, found {dtype!r}")
+    if dtype not in BITS:
+        # Perhaps a dtype of a later safetensors: the file may be sound, this
+        # floatzip cannot size its tensors.
+        raise UnsupportedError(
+            f"{where}: tensor {name!r}: unknown dtype {dtype!r} (safetensors 0.8 knows "
+            f"{', '.join(sorted(BITS))}); keep this file uncompressed")
     if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
         raise bad(f"shape must be a list of non-negative integers, found {shape!r}")
     if (not isinstance(offsets, list) or len(offsets) != 2
@@ -93,7 +98,10 @@ def _parse_entry(name: str, info, where: str) -> TensorEntry:
         count *= d
         if count > 2 ** 62:
             raise bad(f"shape {shape} is too large")
-    nbytes = count * ITEMSIZE[dtype]
+    nbytes = tensor_bytes(dtype, count)
+    if nbytes is None:
+        raise bad(f"{count} elements of {BITS[dtype]} bits (dtype {dtype}, shape {shape}) do "
+                  "not fill a whole number of bytes, which safetensors does not allow")
     if offsets[1] - offsets[0] != nbytes:
         raise bad(f"data_offsets span {offsets[1] - offsets[0]} bytes but dtype {dtype} and "
                   f"shape {shape} need {nbytes}")
