@@ -24,11 +24,10 @@ import subprocess
 import sys
 import time
 
-import numpy as np
-
 
 def make_checkpoint(path: str, size_gb: float) -> None:
     """Blocks of a Llama-3-8B-shaped model, BF16, until ``size_gb``."""
+    import numpy as np      # here only: the timing process stays small
     block = [("q", (4096, 4096)), ("k", (1024, 4096)), ("v", (1024, 4096)),
              ("o", (4096, 4096)), ("gate", (14336, 4096)), ("up", (14336, 4096)),
              ("down", (4096, 14336)), ("norm", (4096,))]
@@ -58,16 +57,16 @@ def make_checkpoint(path: str, size_gb: float) -> None:
 
 
 def timed(cmd: list[str]) -> tuple[float, float]:
-    """(wall seconds, peak RSS in MiB) of one run of ``cmd``."""
+    """(wall seconds, peak RSS in MiB) of one run of ``cmd``. The RSS comes
+    from GNU time, which starts the command from its own small image: a
+    child forked from this process would count this process's pages."""
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
+    proc = subprocess.run(["/usr/bin/time", "-f", "%M", *cmd], stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True)
     wall = time.perf_counter() - start
-    err = proc.stderr.read().decode()
-    proc.stderr.close()
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed: {err}")
-    return wall, usage.ru_maxrss / 1024
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed: {proc.stderr}")
+    return wall, int(proc.stderr.strip().splitlines()[-1]) / 1024
 
 
 def main() -> None:
@@ -77,11 +76,18 @@ def main() -> None:
     parser.add_argument("--dir", default=os.path.join(os.path.dirname(__file__), "out", "cli"))
     parser.add_argument("--keep", action="store_true", help="keep the generated source file")
     parser.add_argument("--out", default=None, help="also write the table to this file")
+    parser.add_argument("--make", metavar="PATH", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if not os.path.exists("/usr/bin/time"):
+        raise SystemExit("needs GNU time at /usr/bin/time (Debian: apt-get install time)")
+    if args.make:
+        make_checkpoint(args.make, args.size_gb)
+        return
     os.makedirs(args.dir, exist_ok=True)
     src = os.path.join(args.dir, f"llama-shaped-{args.size_gb:g}gb.safetensors")
-    if not os.path.exists(src):
-        make_checkpoint(src, args.size_gb)
+    if not os.path.exists(src):         # in a process of its own: this one stays small
+        subprocess.run([sys.executable, __file__, "--make", src, "--size-gb", str(args.size_gb)],
+                       check=True)
     size = os.path.getsize(src)
     fz, zst = src + ".fz", src + ".zst"
     out = os.path.join(args.dir, "restored.safetensors")

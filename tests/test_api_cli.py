@@ -164,8 +164,10 @@ def test_check_on_model_directories(tmp_path, rng):
     # entries may not lead out of the directory.
     outside = tmp_path / "outside.fz.safetensors"
     outside.write_bytes((packed / "model-00002-of-00002.safetensors").read_bytes())
+    entry = {"original_bytes": 0, "compressed_bytes": 0, "tensors": 0}
     (packed / "floatzip.json").write_text(json.dumps(
-        {"files": {"../outside.fz.safetensors": {}, str(outside): {}}}))
+        {"format": "floatzip", "version": 1,
+         "files": {"../outside.fz.safetensors": entry, str(outside): entry}}))
     result = floatzip.check(packed)
     assert len(result.problems) == 4
     assert all("points outside" in p for p in result.problems[:2])

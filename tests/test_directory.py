@@ -161,6 +161,36 @@ def test_a_damaged_manifest_is_an_error(dirs, tmp_path, content):
         assert not result.ok and "not a floatzip manifest" in result.problems[0]
 
 
+@pytest.mark.parametrize("edit", ["rename-size", "rename-top", "format", "extra-field"])
+def test_a_damaged_manifest_key_turns_no_check_off(dirs, tmp_path, edit):
+    # A flipped key name used to drop the check it named, quietly.
+    src, packed = dirs
+    doc = json.loads((packed / "floatzip.json").read_text())
+    entry = doc["files"][SHARD_2]
+    if edit == "rename-size":
+        entry["comqressed_bytes"] = entry.pop("compressed_bytes")
+    elif edit == "rename-top":
+        doc["copies"] = doc.pop("copied")
+    elif edit == "format":
+        doc["format"] = "gloatzip"
+    else:
+        entry["note"] = 1
+    (packed / "floatzip.json").write_text(json.dumps(doc))
+    with pytest.raises(floatzip.CorruptDataError, match="not a floatzip manifest"):
+        floatzip.decompress(packed, tmp_path / "out")
+    for result in (floatzip.check(packed), floatzip.verify(src, packed)):
+        assert not result.ok and "not a floatzip manifest" in result.problems[0]
+
+
+def test_a_wrong_restored_size_is_an_error_everywhere(dirs, tmp_path):
+    # decompress refused it; check and verify said OK.
+    _, packed = dirs
+    doc = json.loads((packed / "floatzip.json").read_text())
+    doc["files"][SHARD_2]["original_bytes"] += 1
+    (packed / "floatzip.json").write_text(json.dumps(doc))
+    assert_refused(packed, tmp_path / "out", f"{packed / SHARD_2}: restores")
+
+
 def test_manifest_entries_may_not_lead_out(dirs, tmp_path):
     _, packed = dirs
     doc = json.loads((packed / "floatzip.json").read_text())

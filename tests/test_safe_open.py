@@ -406,3 +406,23 @@ def test_slices_of_a_damaged_lane_raise_far_from_it(files):
             with pytest.raises(floatzip.CorruptDataError, match="z.bf16"):
                 piece[index]
         assert f.get_slice("a.f16")[20:30].shape == (10, 100)
+
+
+@pytest.mark.parametrize("key,changed", [("floatzip.version", "floatzip.versiom"),
+                                         ("floatzip.source_header_xxh3",
+                                          "floatzip.source_header_xxh2")])
+def test_a_damaged_floatzip_key_is_no_plain_file(files, tmp_path, key, changed):
+    # One flipped bit in the version key made safe_open take the file for a
+    # plain safetensors file and return the coded blobs as uint8, with no
+    # error; one in the header checksum's key turned that check off.
+    _, packed = files
+    data = open(packed, "rb").read()
+    damaged = tmp_path / "damaged.fz.safetensors"
+    damaged.write_bytes(data.replace(key.encode(), changed.encode(), 1))
+    for framework in ("np", "pt"):
+        with pytest.raises(floatzip.FormatError, match=str(damaged)):
+            with floatzip.safe_open(damaged, framework=framework) as f:
+                f.get_tensor(f.keys()[0])
+    assert not floatzip.check(damaged).ok
+    with pytest.raises(floatzip.FormatError):
+        floatzip.decompress(damaged, tmp_path / "out")

@@ -56,7 +56,7 @@ def compress_file(src, dst, *, workers=None, backend=None, progress=False,
         raise FormatError(f"{src}: cannot read file: {exc.strerror or exc}") from None
     with f:
         header = read_header(f, src)
-        if header.metadata and container.KEY_VERSION in header.metadata:
+        if container.is_floatzip_metadata(header.metadata):
             raise FormatError(f"{src}: already a floatzip file; decompress it first")
         with _job_progress(progress, header.data_start + header.data_bytes,
                            os.path.basename(src)) as bar, \

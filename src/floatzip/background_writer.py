@@ -50,18 +50,26 @@ class BackgroundWriter:
         self.write_at(piece, self.offset)
         self.offset += memoryview(piece).nbytes
 
-    def write_at(self, piece, offset: int) -> None:
-        """Write ``piece`` at ``offset``."""
+    def write_at(self, pieces, offset: int, *, fd: int | None = None,
+                 writeback: bool = True) -> None:
+        """Write ``pieces`` (one buffer, or a list written back to back) at
+        ``offset`` of this writer's file, or of ``fd``; ``writeback`` False
+        for a scratch file, which need not reach the disk."""
         previous = self._pending
-        self._pending = self._pool.submit(self._write_at, piece, offset)
+        self._pending = self._pool.submit(self._write_at, pieces, offset,
+                                          self._fd if fd is None else fd, writeback)
         if previous is not None:
             previous.result()           # raises what the write raised
 
-    def _write_at(self, piece, offset: int) -> None:
-        pwrite_all(self._fd, piece, offset)
-        if _sync_file_range is not None:
+    @staticmethod
+    def _write_at(pieces, offset: int, fd: int, writeback: bool) -> None:
+        start = offset
+        for piece in pieces if isinstance(pieces, list) else [pieces]:
+            pwrite_all(fd, piece, offset)
+            offset += memoryview(piece).nbytes
+        if writeback and _sync_file_range is not None:
             # Best effort: an error here is one the final fsync reports.
-            _sync_file_range(self._fd, offset, memoryview(piece).nbytes, _SYNC_FILE_RANGE_WRITE)
+            _sync_file_range(fd, start, offset - start, _SYNC_FILE_RANGE_WRITE)
 
     def flush(self) -> None:
         """Wait for every piece to be written (raising a write's error)."""

@@ -36,14 +36,15 @@ _COPY_CHUNK = 8 << 20
 
 def safetensors_kind(path: str) -> str | None:
     """"floatzip" or "plain" for a readable safetensors file, by its
-    metadata; None if it cannot be read as one."""
+    metadata (any floatzip key makes it a floatzip file: one whose version
+    key is damaged must not pass for a plain file); None if it cannot be
+    read as one."""
     try:
         with open(path, "rb") as f:
             header = read_header(f, path)
     except (OSError, FloatzipError):
         return None
-    return "floatzip" if header.metadata and container.KEY_VERSION in header.metadata \
-        else "plain"
+    return "floatzip" if container.is_floatzip_metadata(header.metadata) else "plain"
 
 
 def is_floatzip(path: str) -> bool:
@@ -129,23 +130,28 @@ def read_manifest(directory: str) -> Manifest:
         raise bad(exc.strerror or exc) from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise bad(f"not UTF-8 JSON: {exc}") from None
+    # Every key is required and no other is allowed: a damaged key name
+    # must not turn a check off quietly.
     if not isinstance(doc, dict) or not isinstance(doc.get("files"), dict):
         raise bad('expected a JSON object with a "files" object')
+    if set(doc) - {"format", "version", "files", "copied"} or doc.get("format") != "floatzip" \
+            or type(doc.get("version")) is not int:
+        raise bad('expected exactly "format": "floatzip", an integer "version", "files" and '
+                  '(since 2026-12-02) "copied"')
     coded, copied = doc["files"], doc.get("copied")
     for rel, entry in coded.items():
-        if not isinstance(entry, dict) or not all(
-                _is_size(entry[key]) for key in ("original_bytes", "compressed_bytes")
-                if key in entry):
-            raise bad(f"entry {rel!r} of \"files\" must be an object whose sizes are "
-                      "non-negative integers")
+        if not (isinstance(entry, dict) and set(entry) == set(_CODED_FIELDS)
+                and all(_is_size(entry[key]) for key in _CODED_FIELDS)):
+            raise bad(f"entry {rel!r} of \"files\" must be an object of exactly "
+                      f"{', '.join(_CODED_FIELDS)}, non-negative integers")
     if copied is not None:
         if not isinstance(copied, dict):
             raise bad('"copied" must be an object')
         for rel, entry in copied.items():
-            if not (isinstance(entry, dict) and _is_size(entry.get("bytes"))
-                    and _is_xxh3(entry.get("xxh3"))):
-                raise bad(f"entry {rel!r} of \"copied\" must be an object with \"bytes\" (an "
-                          "integer) and \"xxh3\" (16 lowercase hex digits)")
+            if not (isinstance(entry, dict) and set(entry) == {"bytes", "xxh3"}
+                    and _is_size(entry["bytes"]) and _is_xxh3(entry["xxh3"])):
+                raise bad(f"entry {rel!r} of \"copied\" must be an object of exactly \"bytes\" "
+                          "(an integer) and \"xxh3\" (16 lowercase hex digits)")
         both = sorted(set(coded) & set(copied))
         if both:
             raise bad(f"{both[0]!r} is listed both as compressed and as copied")
@@ -164,6 +170,9 @@ def write_manifest(directory: str, coded: dict, copied: dict | None = None) -> i
         f.flush()
         os.fsync(f.fileno())
     return len(data)
+
+
+_CODED_FIELDS = ("original_bytes", "compressed_bytes", "tensors")
 
 
 def _is_size(value) -> bool:
@@ -237,6 +246,10 @@ def inspect_directory(path: str) -> Layout:
         elif kind == "coded" and not is_floatzip(full):
             problems[rel] = (f"{full}: listed in {MANIFEST} as compressed but not a floatzip "
                              "file; fetch or copy the directory again")
+        elif kind == "coded" and _restored_size(full) not in (None, entry["original_bytes"]):
+            problems[rel] = (f"{full}: restores {_restored_size(full)} bytes, but {MANIFEST} "
+                             f"lists {entry['original_bytes']}; fetch or copy the directory "
+                             "again")
         else:
             layout.sizes[rel] = size
             (layout.coded if kind == "coded" else layout.copied).append(rel)
@@ -260,6 +273,16 @@ def inspect_directory(path: str) -> Layout:
     for names in (layout.coded, layout.copied, layout.unlisted):
         names.sort(key=layout.order.__getitem__)
     return layout
+
+
+def _restored_size(path: str) -> int | None:
+    """The size of the file a floatzip file restores, by its header; None
+    if the header is damaged (checking the file reports that)."""
+    try:
+        source = container.FloatzipFile(path).source
+    except FloatzipError:
+        return None
+    return source.data_start + source.data_bytes
 
 
 def _mismatch_error(path: str, problems: list[str]) -> CorruptDataError:
@@ -469,7 +492,7 @@ def compress_directory(src: str, dst: str, compress_file, *, overwrite: bool = F
             uncoded[rel] = str(exc)
             copied.append(rel)
             continue
-        if header.metadata and container.KEY_VERSION in header.metadata:
+        if container.is_floatzip_metadata(header.metadata):
             raise FormatError(f"{full}: already a floatzip file; decompress the directory "
                               "first")
         coded.append(rel)

@@ -214,7 +214,7 @@ class _TensorWriter:
             self._writer.write_at(payload, dst_offset + payload_at + payload_bytes)
             payload_bytes += payload.size
             if spill:
-                pwrite_all(scratch.fileno(), raw, raw_bytes)
+                self._writer.write_at(raw, raw_bytes, fd=scratch.fileno(), writeback=False)
             else:
                 raw_parts.append(raw)
             raw_bytes += raw.size
@@ -240,11 +240,8 @@ class _TensorWriter:
                    dst_offset + payload_at + payload_bytes)
         if spill:
             _copy_range(scratch.fileno(), 0, out, dst_offset + raw_at, raw_bytes, self._dst)
-        else:
-            position = dst_offset + raw_at
-            for part in raw_parts:
-                pwrite_all(out, part, position)
-                position += part.size
+        else:       # written while the next tensor is read and coded
+            self._writer.write_at(raw_parts, dst_offset + raw_at)
         pwrite_all(out, zeros[:geometry.blob_bytes - raw_at - raw_bytes],
                    dst_offset + raw_at + raw_bytes)
         params = container.tensor_params_of(CODEC_TANS, raw_params["xxh3"], geometry,

@@ -37,6 +37,15 @@ KEY_VERSION = "floatzip.version"
 KEY_SOURCE_HEADER = "floatzip.source_header"
 KEY_TENSORS = "floatzip.tensors"
 KEY_SOURCE_CHECKSUM = "floatzip.source_header_xxh3"
+KNOWN_KEYS = (KEY_VERSION, KEY_SOURCE_HEADER, KEY_TENSORS, KEY_SOURCE_CHECKSUM)
+FLOATZIP_PREFIX = "floatzip."
+
+
+def is_floatzip_metadata(metadata: dict | None) -> bool:
+    """Whether a safetensors file's metadata makes it a floatzip file (and,
+    without a valid version, a damaged one rather than a plain file): any
+    key of floatzip's prefix does."""
+    return bool(metadata) and any(key.startswith(FLOATZIP_PREFIX) for key in metadata)
 
 # Informative, optional: the order-0 entropy bound of the tensor (its exponent
 # at its entropy, every other bit raw) in bits, shown by `floatzip info`.
@@ -177,6 +186,10 @@ class FloatzipFile:
             raise FormatError(f"{where}: cannot read file: {exc.strerror or exc}") from None
         meta = header.metadata or {}
         if KEY_VERSION not in meta:
+            if is_floatzip_metadata(meta):
+                raise FormatError(
+                    f"{where}: floatzip metadata without '{KEY_VERSION}' (a damaged key "
+                    "name?); fetch the file again, or compress the original again")
             raise FormatError(
                 f"{where}: not a floatzip file (a safetensors file without "
                 f"'{KEY_VERSION}' metadata); compress it first with 'floatzip compress'")
@@ -185,6 +198,11 @@ class FloatzipFile:
             raise UnsupportedError(
                 f"{where}: floatzip format version {version!r} is not supported by this "
                 f"floatzip (reads version {FORMAT_VERSION}); upgrade floatzip")
+        unknown = sorted(k for k in meta if k.startswith(FLOATZIP_PREFIX) and k not in KNOWN_KEYS)
+        if unknown:
+            raise FormatError(f"{where}: unknown floatzip metadata key {unknown[0]!r} (a "
+                              "damaged key name?): version 1 defines "
+                              f"{', '.join(KNOWN_KEYS)}; fetch the file again")
         for key in (KEY_SOURCE_HEADER, KEY_TENSORS):
             if key not in meta:
                 raise FormatError(f"{where}: floatzip metadata lacks '{key}'")
