@@ -7,6 +7,7 @@ import os
 import shutil
 
 import pytest
+import xxhash
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -38,10 +39,17 @@ def copy_of(path, tmp_path):
 
 
 def edit_config(directory, **changes):
+    """Change config.json, and its entry in the manifest to match (a config
+    changed behind the manifest's back is refused: test_torch_integrity.py)."""
     path = directory / "config.json"
     doc = json.loads(path.read_text())
     doc.update(changes)
-    path.write_text(json.dumps(doc))
+    data = json.dumps(doc).encode()
+    path.write_bytes(data)
+    manifest_path = directory / "floatzip.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["copied"]["config.json"] = {"bytes": len(data), "xxh3": xxhash.xxh3_64_hexdigest(data)}
+    manifest_path.write_text(json.dumps(manifest))
 
 
 def test_missing_directory(tmp_path):
@@ -57,6 +65,13 @@ def test_uncompressed_directory(dirs):
 def test_uncompressed_weights_in_a_compressed_directory(dirs, tmp_path):
     bad = copy_of(dirs["packed"], tmp_path)
     shutil.copy(os.path.join(dirs["original"], "model.safetensors"), bad / "model.safetensors")
+    with pytest.raises(floatzip.CorruptDataError,
+                       match=r"does not match its floatzip.json, so load_model refuses it \(1 "
+                             r"problem\): .*model.safetensors: \d+ bytes, but floatzip.json lists"):
+        floatzip.load_model(bad)
+    # Also when the manifest does not list it (a directory assembled by hand).
+    (bad / "floatzip.json").write_text(json.dumps({"format": "floatzip", "version": 1,
+                                                    "files": {}}))
     with pytest.raises(floatzip.FormatError, match="model.safetensors: not a floatzip file"):
         floatzip.load_model(bad)
 
@@ -66,7 +81,8 @@ def test_missing_shard(dirs, tmp_path):
     shards = sorted(p.name for p in bad.glob("model-*.safetensors"))
     assert len(shards) > 1
     (bad / shards[1]).unlink()
-    with pytest.raises(floatzip.FormatError, match=f"missing: {shards[1]}"):
+    with pytest.raises(floatzip.FormatError,
+                       match=f"{shards[1]}: listed in floatzip.json but missing"):
         floatzip.load_model(bad)
     # Also when the manifest does not list it (a directory assembled by hand).
     manifest = json.loads((bad / "floatzip.json").read_text())
@@ -74,6 +90,21 @@ def test_missing_shard(dirs, tmp_path):
     (bad / "floatzip.json").write_text(json.dumps(manifest))
     with pytest.raises(floatzip.FormatError, match=f"shards that model.safetensors.index.json "
                                                    f"lists are missing: {shards[1]}"):
+        floatzip.load_model(bad)
+
+
+@pytest.mark.parametrize("name", ["model.safetensors.index.json", "config.json"])
+def test_json_that_is_not_utf8(dirs, tmp_path, name):
+    # A manifest from before it listed copied files has no checksum to
+    # catch this: the reader must still raise floatzip's error, not Python's.
+    bad = copy_of(dirs["sharded"], tmp_path)
+    manifest = json.loads((bad / "floatzip.json").read_text())
+    del manifest["copied"]
+    (bad / "floatzip.json").write_text(json.dumps(manifest))
+    data = bytearray((bad / name).read_bytes())
+    data[len(data) // 2] = 0xA4
+    (bad / name).write_bytes(bytes(data))
+    with pytest.raises(floatzip.FormatError, match=f"{bad / name}: .*utf-8"):
         floatzip.load_model(bad)
 
 

@@ -61,3 +61,42 @@ def test_peak_memory_on_the_fly(model_dirs):
     pre = measure(packed, "on_the_fly", "--prefetch", "on")
     assert pre["digest"] == ref["digest"] and pre["slots"] == 2
     assert pre["peak"] - pre["baseline"] <= otf_delta + block + (16 << 20)
+
+
+@pytest.fixture(scope="module")
+def embedding_dirs(tmp_path_factory):
+    # A model without an output head whose embedding table (67 MB) is twice
+    # its blocks: the original maps its file and reads only the rows a
+    # forward looks up, and so must the on-the-fly run.
+    transformers = pytest.importorskip("transformers")
+    root = tmp_path_factory.mktemp("embedding")
+    config = transformers.LlamaConfig(vocab_size=131072, hidden_size=256, intermediate_size=1024,
+                                      num_hidden_layers=16, num_attention_heads=4,
+                                      num_key_value_heads=4, pad_token_id=0)
+    torch.manual_seed(0)
+    model = transformers.LlamaModel._from_config(config, dtype=torch.bfloat16)
+    model.save_pretrained(root / "o")
+    assert cli(["compress", str(root / "o"), str(root / "p"), "-q"]) == 0
+    return root / "o", root / "p", model.embed_tokens.weight.nbytes
+
+
+def test_peak_memory_embedding_rows(embedding_dirs):
+    """On the fly, the embedding is checked whole at load (row lookups cannot
+    be checked on their own) by streaming it through a few MB, and its coded
+    table is not left resident: peak RSS stays at the original's, which
+    never reads the rows it does not look up. (Before: a scratch copy of the
+    whole decoded table at load, and every coded page of it kept mapped in,
+    ~+110 MB here.)"""
+    from floatzip.torch.onthefly import VERIFY_CHUNK_BYTES
+    original, packed, table_bytes = embedding_dirs
+    args = ("--task", "embed", "--batch", "2", "--repeat", "1")
+    ref = measure(original, "original", *args)
+    otf = measure(packed, "on_the_fly", "--prefetch", "off", *args)
+    assert otf["digest"] == ref["digest"]
+    ref_delta = ref["peak"] - ref["baseline"]
+    otf_delta = otf["peak"] - otf["baseline"]
+    # The blocks: the original's decoded and touched, the other's coded plus
+    # one block's slot, which is less. What the check at load may add: its
+    # two output chunks, and the coded input of one.
+    assert otf_delta <= ref_delta + 3 * VERIFY_CHUNK_BYTES, (otf_delta >> 20, ref_delta >> 20)
+    assert 3 * VERIFY_CHUNK_BYTES < table_bytes / 4

@@ -28,9 +28,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import xxhash
 
-from ..directory import MANIFEST
 from ..codecs.encoded import EncodedTensor, decode_tensor
+from ..directory import MANIFEST, inspect_directory
 from ..errors import CorruptDataError, FormatError, UnsupportedError
 from ..format.container import FloatzipFile
 from ..io_utils import resolve_workers
@@ -39,6 +40,11 @@ from .dtypes import bytes_to_torch, torch_dtype
 CONFIG = "config.json"
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
+GENERATION_CONFIG = "generation_config.json"
+# The copied files whose contents load_model uses: each is checked against
+# the XXH3-64 the manifest lists for it (the others, a tokenizer say, are
+# not read here, so hashing them would cost without protecting anything).
+READ_FILES = (CONFIG, GENERATION_CONFIG, INDEX_FILE)
 DECODE_MODES = ("on_the_fly", "at_load")
 
 
@@ -50,6 +56,7 @@ class SourceTensor:
     sections are views of the memory-mapped file."""
     key: str
     path: str               # the floatzip file that holds it
+    file: FloatzipFile      # that file, open
     dtype: str              # safetensors dtype of the original tensor
     shape: tuple[int, ...]
     encoded: EncodedTensor
@@ -68,8 +75,9 @@ class SourceTensor:
 
 
 class CompressedCheckpoint:
-    """The weights of a compressed model directory: every shard opened and
-    validated, every tensor's coded form at hand, nothing decoded."""
+    """The weights of a compressed model directory: the directory checked
+    against its manifest, every shard opened and validated, every tensor's
+    coded form at hand, nothing decoded."""
 
     def __init__(self, directory: str | os.PathLike):
         self.directory = os.fspath(directory)
@@ -89,7 +97,7 @@ class CompressedCheckpoint:
                 if key in self.tensors:
                     raise FormatError(f"{fz.path}: tensor {key!r} is also in "
                                       f"{self.tensors[key].path}; shards must not overlap")
-                self.tensors[key] = SourceTensor(key, fz.path, stored.source.dtype,
+                self.tensors[key] = SourceTensor(key, fz.path, fz, stored.source.dtype,
                                                  tuple(stored.source.shape), fz.encoded(key),
                                                  stored.blob_bytes)
             if expected is not None:
@@ -100,21 +108,32 @@ class CompressedCheckpoint:
                         f"(first: {missing[:3]}); the shard does not match the index")
 
     def _check_manifest(self) -> None:
-        path = os.path.join(self.directory, MANIFEST)
-        if not os.path.isfile(path):
-            raise FormatError(f"{self.directory}: not a floatzip model directory (no {MANIFEST}); "
+        """The directory against its manifest, as decompress checks it (a
+        listed file missing or of another size, an unlisted floatzip file, an
+        entry leading out: directory.inspect_directory), and the copied files
+        load_model reads against the XXH3-64 the manifest lists for them."""
+        d = self.directory
+        if not os.path.lexists(os.path.join(d, MANIFEST)):
+            raise FormatError(f"{d}: not a floatzip model directory (no {MANIFEST}); "
                               "compress it first with 'floatzip compress SRC_DIR DST_DIR', or load "
                               "an uncompressed directory with transformers directly")
-        doc = _read_json(path, "cannot read the manifest")
-        if not isinstance(doc, dict) or doc.get("format") != "floatzip" or not isinstance(doc.get("files"), dict):
-            raise FormatError(f"{path}: not a floatzip manifest (expected an object with "
-                              "\"format\": \"floatzip\" and \"files\")")
-        self.manifest = doc
-        missing = sorted(rel for rel in doc["files"]
-                         if not os.path.isfile(os.path.join(self.directory, rel)))
-        if missing:
-            raise FormatError(f"{self.directory}: {len(missing)} compressed file(s) listed in "
-                              f"{MANIFEST} are missing: {', '.join(missing[:5])}")
+        layout = inspect_directory(d)
+        problems = list(layout.problems)
+        for rel in READ_FILES:
+            want = layout.expected_xxh3(rel) if rel in layout.copied else None
+            if want is None:
+                continue
+            full = layout.full(rel)
+            got = _file_xxh3(full)
+            if got != want:
+                problems.append(f"{full}: its XXH3-64 is {got} but {MANIFEST} lists {want}: "
+                                "changed since the directory was compressed; fetch or copy it "
+                                "again")
+        if problems:
+            more = f"; and {len(problems) - 5} more" if len(problems) > 5 else ""
+            raise CorruptDataError(
+                f"{d}: does not match its {MANIFEST}, so load_model refuses it ({len(problems)} "
+                f"problem{'s' if len(problems) > 1 else ''}): {'; '.join(problems[:5])}{more}")
 
     def _shard_files(self) -> dict[str, set[str] | None]:
         """Weight files to read -> the tensor names the index puts there
@@ -261,13 +280,25 @@ def _transformers():
     return transformers
 
 
+def _file_xxh3(path: str) -> str:
+    """XXH3-64 of a file, as the manifest writes it (16 lowercase hex digits)."""
+    digest = xxhash.xxh3_64()
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+    except OSError as exc:
+        raise FormatError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    return digest.hexdigest()
+
+
 def _read_json(path: str, problem: str):
     """The JSON document at ``path``; FormatError "path: problem (why)" if it
     cannot be read or parsed."""
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             return json.load(f)
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise FormatError(f"{path}: {problem} ({exc})") from None
 
 
@@ -513,10 +544,10 @@ def _has_triton() -> bool:
 
 
 def _generation_config(directory: str):
-    if not os.path.isfile(os.path.join(directory, "generation_config.json")):
+    if not os.path.isfile(os.path.join(directory, GENERATION_CONFIG)):
         return None
     from transformers import GenerationConfig
     try:
         return GenerationConfig.from_pretrained(directory, local_files_only=True)
     except (OSError, ValueError) as exc:
-        raise FormatError(f"{directory}/generation_config.json: cannot be read ({exc})") from None
+        raise FormatError(f"{directory}/{GENERATION_CONFIG}: cannot be read ({exc})") from None
