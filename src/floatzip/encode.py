@@ -114,7 +114,7 @@ class _TensorWriter:
         self._progress = progress
         self._src_fd, self._out_fd = src_fd, out_fd
         self._src, self._dst = src, dst
-        self._impl = backends.get(backend)
+        self._impl = backends.select(backend, encode=True)
         self._workers = workers
         self._lane_symbols = lane_symbols
         self._window = None

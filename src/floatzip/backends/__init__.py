@@ -1,23 +1,12 @@
-"""The one place that picks a coding back end.
+"""The one place that picks a coding back end, and the only reader of
+$FLOATZIP_BACKEND.
 
-A back end is a module with ``name`` and three functions:
-
-``histogram(bits, width, top_bits, workers=1) -> int64[2**top_bits]``
-    Counts of the top ``top_bits`` bits of each sign-rotated value.
-
-``encode(bits, geometry_args, counts, workers=1) -> (lane_sizes, payload, raw)``
-    ``bits``: the tensor's values as unsigned ints of the value width (flat).
-    ``geometry_args``: dict with width, symbol_bits, table_log, first_symbol,
-    lane_symbols. ``counts``: normalized uint16 counts. Returns uint16 lane
-    sizes, the uint8 payload and the uint8 packed raw fields.
-
-``decode(geometry, counts, lane_sizes, payload, raw, dtype, workers=1, out=None) -> bits``
-    Inverse of encode; into ``out`` (``count`` values of ``dtype``) if given. The container has already validated every size and
-    the counts; the stream *content* may still be corrupt, and the back end
-    must then raise CorruptDataError (never read out of bounds).
-
-Every back end produces byte-identical output to ``numpy_ref``, the
-reference; tests/test_backends.py checks it.
+Back ends keep the contract of :class:`base.Backend`: ``numpy`` (the
+reference, which reads like docs/FORMAT.md), ``numba`` (multi-threaded CPU)
+and ``triton`` (GPU decode only). Callers say what they need, and on which
+device; :func:`select` gives the back end asked for (by name, else by
+$FLOATZIP_BACKEND, else the fastest that serves the need), or raises an
+UnsupportedError that names a choice that works.
 """
 from __future__ import annotations
 
@@ -26,38 +15,91 @@ import os
 
 from ..errors import UnsupportedError
 
-# triton decodes only (into device memory; encode raises UnsupportedError).
-_MODULES = {"numpy": "numpy_ref", "numba": "numba_backend", "triton": "triton_decode"}
+# name -> module, in order of preference.
+_MODULES = {"numba": "numba_backend", "numpy": "numpy_ref", "triton": "triton_decode"}
 _loaded: dict[str, object] = {}
+_failed: dict[str, str] = {}      # name -> why it does not import
+ENV = "FLOATZIP_BACKEND"
+
+
+def names() -> list[str]:
+    """Every back end floatzip has (whether or not it imports here)."""
+    return list(_MODULES)
 
 
 def available() -> list[str]:
-    names = []
+    """The back ends that import here."""
+    out = []
     for name in _MODULES:
         try:
-            get(name)
+            _load(name)
         except UnsupportedError:
             continue
-        names.append(name)
-    return names
+        out.append(name)
+    return out
+
+
+def select(name: str | None = None, *, device: str = "cpu", encode: bool = False):
+    """The back end to decode on ``device`` (a device type, "cpu" or
+    "cuda"), and to encode if ``encode``: the one named, else the one
+    $FLOATZIP_BACKEND names, else the fastest that can. UnsupportedError,
+    naming what to use instead, if the one named cannot."""
+    origin = "backend="
+    if name is None and os.environ.get(ENV):
+        name, origin = os.environ[ENV], f"{ENV}="
+    if name is None:
+        for candidate in _MODULES:
+            try:
+                module = _load(candidate)
+            except UnsupportedError:
+                continue
+            if _serves(module, device, encode):
+                return module
+        raise UnsupportedError(f"no coding back end can {_need(device, encode)} here; install "
+                               "numba, or torch and triton for CUDA")
+    module = _load(name, origin)
+    if not _serves(module, device, encode):
+        others = [n for n in _MODULES if n != name and _serves_by_name(n, device, encode)]
+        instead = (f"use {' or '.join(repr(n) for n in others)}" if others
+                   else "no back end here can")
+        unset = f", or unset {ENV}" if origin != "backend=" else ""
+        raise UnsupportedError(f"back end {name!r} ({origin}{name}) cannot "
+                               f"{_need(device, encode)}: {instead}{unset}")
+    return module
 
 
 def get(name: str | None = None):
-    """Back end by name; ``None`` means $FLOATZIP_BACKEND, else the fastest
-    one that imports (numba, then numpy)."""
-    if name is None:
-        name = os.environ.get("FLOATZIP_BACKEND") or None
-    if name is None:
-        try:
-            return get("numba")
-        except UnsupportedError:
-            return get("numpy")
+    """The back end to encode and decode on the CPU (select with those needs)."""
+    return select(name, device="cpu", encode=False)
+
+
+def _need(device: str, encode: bool) -> str:
+    return f"encode and decode on {device}" if encode else f"decode on {device}"
+
+
+def _serves(module, device: str, encode: bool) -> bool:
+    return device in module.devices() and (module.can_encode or not encode)
+
+
+def _serves_by_name(name: str, device: str, encode: bool) -> bool:
+    try:
+        return _serves(_load(name), device, encode)
+    except UnsupportedError:
+        return False
+
+
+def _load(name: str, origin: str = "backend="):
     if name not in _MODULES:
-        raise UnsupportedError(
-            f"unknown back end {name!r}; choose one of {', '.join(_MODULES)}")
+        raise UnsupportedError(f"unknown back end {name!r} ({origin}{name}); choose one of "
+                               f"{', '.join(_MODULES)}")
     if name not in _loaded:
-        try:
-            _loaded[name] = importlib.import_module(f".{_MODULES[name]}", __name__)
-        except ImportError as exc:
-            raise UnsupportedError(f"back end {name!r} is not usable here: {exc}") from exc
+        if name not in _failed:
+            try:
+                _loaded[name] = importlib.import_module(f".{_MODULES[name]}", __name__)
+                return _loaded[name]
+            except ImportError as exc:
+                _failed[name] = str(exc)
+        usable = [n for n in _MODULES if n not in _failed and n != name]
+        raise UnsupportedError(f"back end {name!r} is not usable here ({_failed[name]}); "
+                               f"choose one of {', '.join(usable)}")
     return _loaded[name]

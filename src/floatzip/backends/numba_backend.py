@@ -51,6 +51,11 @@ from ..errors import CorruptDataError
 from ..io_utils import resolve_workers
 
 name = "numba"
+can_encode = True
+
+
+def devices() -> frozenset[str]:
+    return frozenset({"cpu"})
 
 if sys.byteorder != "little":      # the unaligned loads assume it
     raise ImportError("the numba back end needs a little-endian machine")

@@ -15,6 +15,11 @@ from ..dtypes import rotate_sign_down, rotate_sign_up
 from ..errors import CorruptDataError
 
 name = "numpy"
+can_encode = True
+
+
+def devices() -> frozenset[str]:
+    return frozenset({"cpu"})
 
 
 # -- raw fields ------------------------------------------------------------

@@ -143,6 +143,13 @@ from ..torch.dtypes import TORCH_DTYPES
 from .graph_launch import GraphLauncher
 
 name = "triton"
+can_encode = False
+
+
+def devices() -> frozenset[str]:
+    """CUDA; and the CPU under TRITON_INTERPRET=1 (Triton's interpreter: for
+    tests, not speed)."""
+    return frozenset({"cuda", "cpu"}) if interpreting() else frozenset({"cuda"})
 
 # Output slots of a block start on this boundary (bytes): every dtype view is
 # aligned, and the weights are as aligned as a fresh allocation would be.

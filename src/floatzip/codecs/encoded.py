@@ -65,7 +65,7 @@ def encode_tensor(data: np.ndarray, dtype: str, shape, *, backend=None, workers:
     layout = FLOAT_LAYOUTS.get(dtype)
     bound = None
     if layout is not None:
-        impl = backends.get(backend)
+        impl = backends.select(backend, encode=True)
         bits = raw_bytes.view(layout.storage)
         hist = impl.histogram(bits, layout.width, model.histogram_bits(layout), workers=workers)
         bound = int(round(model.exponent_bound_bits(hist, layout, bits.size)))
