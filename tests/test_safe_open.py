@@ -9,7 +9,7 @@ import torch
 from conftest import bf16_bits, write_safetensors
 
 import floatzip
-from floatzip import reader
+from floatzip import decode, reader
 from floatzip.codecs.layout import pad8
 from floatzip.errors import DecoderArgumentError, SliceError, TensorNotFoundError
 
@@ -306,18 +306,18 @@ def record_decoding(monkeypatch):
     """Lists that record what the reader decodes: whole-tensor checks (by
     name) and group ranges."""
     checks, ranges = [], []
-    real_check, real_range = reader.check_stored, reader.decode_group_range
+    real_check, real_range = reader.check_stored, decode.decode_group_range
 
     def check(fz, name, **kw):
         checks.append(name)
         return real_check(fz, name, **kw)
 
-    def group_range(enc, g0, g1, **kw):
+    def group_range(fz, name, g0, g1, **kw):
         ranges.append((g0, g1))
-        return real_range(enc, g0, g1, **kw)
+        return real_range(fz, name, g0, g1, **kw)
 
     monkeypatch.setattr(reader, "check_stored", check)
-    monkeypatch.setattr(reader, "decode_group_range", group_range)
+    monkeypatch.setattr(decode, "decode_group_range", group_range)
     return checks, ranges
 
 

@@ -29,7 +29,7 @@ from . import backends
 from .background_writer import BackgroundWriter
 from .codecs import model
 from .codecs.encoded import CODEC_RAW, CODEC_TANS
-from .codecs.layout import LANES, pad8
+from .codecs.layout import LANES, CodedGeometry, pad8
 from .dtypes import FLOAT_LAYOUTS
 from .errors import FormatError
 from .format import container
@@ -88,14 +88,14 @@ def reserved_header_bytes(header: Header, lane_symbols: int) -> int:
     params, entries = {}, []
     for name, entry in header.tensors.items():
         layout = FLOAT_LAYOUTS.get(entry.dtype)
-        worst = {"codec": CODEC_RAW, "xxh3": "0" * 16}
-        if layout is not None and entry.nbytes <= _SMALLEST_CODED_BLOB:
-            worst[container.BOUND_FIELD] = 8 * entry.nbytes      # stays raw, for sure
-        elif layout is not None:
-            worst = {"codec": CODEC_TANS, "symbol_bits": 12, "table_log": 12,
-                     "first_symbol": 4095, "table_symbols": 4096,
-                     "lane_symbols": lane_symbols, "payload_bytes": entry.nbytes,
-                     "xxh3": "0" * 16, container.BOUND_FIELD: 8 * entry.nbytes}
+        bound = 8 * entry.nbytes if layout is not None else None
+        worst = container.tensor_params_of(CODEC_RAW, "0" * 16, entry.nbytes, bound)
+        if layout is not None and entry.nbytes > _SMALLEST_CODED_BLOB:   # else raw, for sure
+            widest = CodedGeometry(count=entry.nbytes // layout.storage.itemsize,
+                                   width=layout.width, symbol_bits=12, table_log=12,
+                                   first_symbol=4095, table_symbols=4096,
+                                   lane_symbols=lane_symbols, payload_bytes=entry.nbytes)
+            worst = container.tensor_params_of(CODEC_TANS, "0" * 16, widest, bound)
         params[name] = worst
         entries.append((name, entry.nbytes, total))
     text = build_header(container.floatzip_metadata(header.raw, params),
@@ -151,9 +151,9 @@ class _TensorWriter:
             digest.update(data)
             histogram += self._impl.histogram(data.view(layout.storage), layout.width, top,
                                               workers=self._workers)
-        params = {"codec": CODEC_RAW, "xxh3": f"{digest.intdigest():016x}",
-                  container.BOUND_FIELD: int(round(model.exponent_bound_bits(
-                      histogram, layout, count)))}
+        params = container.tensor_params_of(
+            CODEC_RAW, f"{digest.intdigest():016x}", entry.nbytes,
+            int(round(model.exponent_bound_bits(histogram, layout, count))))
         choice = model.choose_coding(histogram, layout, count, lane_symbols=self._lane_symbols)
         if choice is not None:
             coded = self._write_coded(name, entry, layout, choice, params, src_offset,
@@ -174,7 +174,8 @@ class _TensorWriter:
             pwrite_all(self._out_fd, data, dst_offset + start)
             self._progress.advance(size)
         if params is None:
-            return {"codec": CODEC_RAW, "xxh3": f"{digest.intdigest():016x}"}
+            return container.tensor_params_of(CODEC_RAW, f"{digest.intdigest():016x}", nbytes,
+                                              None)
         if f"{digest.intdigest():016x}" != params["xxh3"]:
             raise self._changed()
         return params

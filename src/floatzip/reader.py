@@ -14,14 +14,12 @@ import os
 
 import numpy as np
 
-from .codecs.encoded import EncodedTensor, decode_group_range
-from .codecs.layout import LANES
-from .decode import check_stored, decode_stored
+from .codecs.encoded import EncodedTensor
+from .decode import check_stored, decode_stored, decode_values
 from .directory import safetensors_kind
 from .dtypes import ITEMSIZE
 from .errors import (
     ClosedFileError,
-    CorruptDataError,
     DecoderArgumentError,
     NumpyDtypeError,
     SliceError,
@@ -253,25 +251,10 @@ class TensorSlice:
         (after the tensor's one checksum check)."""
         reader, fz, name = self._reader, self._file, self._name
         row_values = int(np.prod(self._entry.shape[1:], dtype=np.int64))
-        itemsize = ITEMSIZE[self._entry.dtype]
         v0, v1 = r0 * row_values, r1 * row_values
-        if v0 == v1:
-            data = np.zeros(0, dtype=np.uint8)
-        else:
+        if v0 != v1:
             reader._verify_once(fz, name)
-            enc = fz.encoded(name)
-            if enc.geometry is None:                # stored raw: the bytes themselves
-                data = np.asarray(enc.raw)[v0 * itemsize:v1 * itemsize]
-            else:
-                group = LANES * enc.geometry.lane_symbols
-                g0, g1 = v0 // group, -(-v1 // group)
-                try:
-                    bits = decode_group_range(enc, g0, g1, backend=reader._backend,
-                                              workers=reader._workers)
-                except CorruptDataError as exc:
-                    raise CorruptDataError(f"{fz.path}: tensor {name!r}: {exc}") from None
-                data = bits.view(np.uint8)[(v0 - g0 * group) * itemsize:
-                                           (v1 - g0 * group) * itemsize]
+        data = decode_values(fz, name, v0, v1, backend=reader._backend, workers=reader._workers)
         return reader._as_tensor(fz, name, data, (r1 - r0,) + tuple(self._entry.shape[1:]))
 
 

@@ -19,10 +19,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..codecs import tans
+from ..codecs import registry
+from ..codecs.base import Codec, Opened
 from ..codecs.encoded import CODEC_RAW, CODEC_TANS, EncodedTensor, checksum
-from ..codecs.layout import MAX_LANE_SYMBOLS, CodedGeometry, pad8
-from ..dtypes import FLOAT_LAYOUTS
+from ..codecs.layout import CodedGeometry, pad8
 from ..errors import CorruptDataError, FormatError, UnsupportedError
 from ..io_utils import atomic_output, error_about, pread_exact
 from .safetensors_header import (
@@ -57,20 +57,14 @@ _TANS_FIELDS = ("codec", "symbol_bits", "table_log", "first_symbol", "table_symb
 # -- writing -----------------------------------------------------------------
 
 def tensor_params(enc: EncodedTensor) -> dict:
-    return tensor_params_of(enc.codec, f"{enc.checksum:016x}", enc.geometry, enc.bound_bits)
+    layout = enc.geometry if enc.codec == CODEC_TANS else enc.original_bytes
+    return tensor_params_of(enc.codec, f"{enc.checksum:016x}", layout, enc.bound_bits)
 
 
-def tensor_params_of(codec: str, xxh3: str, geometry: CodedGeometry | None,
-                     bound_bits: int | None) -> dict:
-    """A tensor's coding parameters (section 3), in the order written."""
-    if codec == CODEC_RAW:
-        params = {"codec": CODEC_RAW, "xxh3": xxh3}
-    else:
-        g = geometry
-        params = {"codec": CODEC_TANS, "symbol_bits": g.symbol_bits, "table_log": g.table_log,
-                  "first_symbol": g.first_symbol, "table_symbols": g.table_symbols,
-                  "lane_symbols": g.lane_symbols, "payload_bytes": g.payload_bytes,
-                  "xxh3": xxh3}
+def tensor_params_of(codec: str, xxh3: str, layout, bound_bits: int | None) -> dict:
+    """A tensor's coding parameters (section 3), in the order written: the
+    codec, its own fields, the checksum, the informative bound."""
+    params = {"codec": codec, **registry.get(codec).params(layout), "xxh3": xxh3}
     if bound_bits is not None:
         params[BOUND_FIELD] = bound_bits
     return params
@@ -155,20 +149,27 @@ class StoredTensor:
     params: dict
     blob_begin: int         # absolute offset of the blob in the floatzip file
     blob_bytes: int
-    geometry: CodedGeometry | None
+    codec: Codec            # from the registry, by the "codec" field
+    layout: object          # what the codec's parse made of its fields
+
+    @property
+    def geometry(self) -> CodedGeometry | None:
+        """The geometry of a tans blob; None for other codecs."""
+        return self.layout if isinstance(self.layout, CodedGeometry) else None
 
 
 @dataclass(frozen=True)
 class StoredSections:
-    """What :meth:`FloatzipFile.sections` returns: a stored tensor's
-    validated small parts, and the file offsets of its large ones."""
+    """What :meth:`FloatzipFile.sections` returns: a stored tensor, its
+    checksum, and its blob opened by its codec (small parts read and
+    checked)."""
     stored: StoredTensor
     checksum: int                       # XXH3-64 of the original bytes
-    geometry: CodedGeometry | None      # None: stored raw, the blob is the bytes
-    counts: np.ndarray | None           # tans: <u2[table_symbols]
-    lane_sizes: np.ndarray | None       # tans: <u2[lanes]
-    payload_begin: int                  # absolute file offsets (raw codec: the blob's)
-    raw_begin: int
+    opened: Opened
+
+    @property
+    def geometry(self) -> CodedGeometry | None:
+        return self.stored.geometry
 
 
 class FloatzipFile:
@@ -237,10 +238,10 @@ class FloatzipFile:
             if stored.dtype != "U8" or len(stored.shape) != 1:
                 raise FormatError(f"{where}: tensor {name!r}: stored as {stored.dtype} "
                                   f"{list(stored.shape)}, expected a 1-D U8 blob")
-            geometry = _validate_params(name, params[name], source, stored.nbytes, where)
+            codec, layout = _validate_params(name, params[name], source, stored.nbytes, where)
             self.tensors[name] = StoredTensor(name, source, params[name],
                                               header.data_start + stored.begin, stored.nbytes,
-                                              geometry)
+                                              codec, layout)
         self._map = None
 
     # Memory map on first use, so that opening a file to list it costs nothing.
@@ -253,73 +254,56 @@ class FloatzipFile:
         return self._map
 
     def encoded(self, name: str, *, mapped: bool = True) -> EncodedTensor:
-        """The stored form of one tensor, with every size and the code table
-        validated. ``mapped``: its sections are views of the memory-mapped
-        file (zero-copy, lazy); otherwise the blob is read into memory."""
+        """The stored form of one raw or tans tensor, with every size and the
+        code table validated. ``mapped``: its sections are views of the
+        memory-mapped file (zero-copy, lazy); otherwise the blob is read into
+        memory."""
         t = self._get(name)
-        if mapped:
-            blob = self._bytes()[t.blob_begin:t.blob_begin + t.blob_bytes]
-        else:
-            blob = read_range(self.path, t.blob_begin, t.blob_bytes)
+        blob = self.blob(name, mapped=mapped)
         parts = self.sections(name, blob=blob)
-        if parts.geometry is None:
+        if t.codec.codec_id == CODEC_RAW:
             return EncodedTensor(t.source.dtype, t.source.shape, CODEC_RAW, parts.checksum,
                                  raw=blob)
-        sec = parts.geometry.sections()
+        if t.codec.codec_id != CODEC_TANS:
+            raise UnsupportedError(f"{self.path}: tensor {name!r}: codec "
+                                   f"{t.codec.codec_id!r} has no EncodedTensor form")
+        g, tables = t.layout, parts.opened.parts
+        sec = g.sections()
         payload = blob[sec["payload"][0]:sec["payload"][0] + sec["payload"][1]]
         raw = blob[sec["raw"][0]:sec["raw"][0] + sec["raw"][1]]
         return EncodedTensor(t.source.dtype, t.source.shape, CODEC_TANS, parts.checksum,
-                             parts.geometry, parts.counts, parts.lane_sizes, payload, raw)
+                             g, tables.counts, tables.lane_sizes, payload, raw)
 
-    def sections(self, name: str, *, fd: int | None = None, blob=None) -> "StoredSections":
-        """The small, validated parts of one stored tensor (its counts and
-        lane sizes, the padding checked) and where its payload and raw
-        section lie, reading only those small parts: through ``fd`` (an
-        open descriptor of this file) or from ``blob`` (the whole blob in
-        memory), else through a descriptor opened here. Large tensors are
-        then decoded a range of groups at a time (floatzip.decode)."""
+    def blob(self, name: str, *, mapped: bool = True) -> np.ndarray:
+        """One tensor's blob: a view of the memory-mapped file, or read."""
         t = self._get(name)
-        checksum = int(t.params["xxh3"], 16)
-        g = t.geometry
-        if g is None:
-            return StoredSections(t, checksum, None, None, None, t.blob_begin, t.blob_begin)
+        if mapped:
+            return self._bytes()[t.blob_begin:t.blob_begin + t.blob_bytes]
+        return read_range(self.path, t.blob_begin, t.blob_bytes)
+
+    def sections(self, name: str, *, fd: int | None = None, blob=None) -> StoredSections:
+        """One stored tensor opened by its codec: its small parts (tables,
+        sizes) read and checked, through ``fd`` (an open descriptor of this
+        file) or from ``blob`` (the whole blob in memory), else through a
+        descriptor opened here. Large tensors are then decoded a step at a
+        time (floatzip.decode)."""
+        t = self._get(name)
         if blob is None and fd is None:
             with open(self.path, "rb", buffering=0) as f:
                 return self.sections(name, fd=f.fileno())
-        sec = g.sections()
+        read = blob_reader(blob) if blob is not None else self.file_reader(name, fd)
+        opened = t.codec.open(t.layout, read, f"{self.path}: tensor {name!r}")
+        return StoredSections(t, int(t.params["xxh3"], 16), opened)
 
-        def read(offset, length, dtype="<u1"):
-            if blob is not None:
-                return np.asarray(blob[offset:offset + length]).view(dtype)
-            out = np.empty(length, dtype=np.uint8)
-            pread_exact(fd, out, t.blob_begin + offset, self.path)
-            return out.view(dtype)
+    def file_reader(self, name: str, fd: int):
+        """A codec Read of one tensor's blob through ``fd``."""
+        begin = self._get(name).blob_begin
 
-        where = f"{self.path}: tensor {name!r}"
-        padding = np.concatenate([read(off + length, pad8(off + length) - off - length)
-                                  for off, length in (sec[k] for k in ("counts", "lane_sizes",
-                                                                         "payload", "raw"))])
-        if padding.any():
-            raise FormatError(f"{where}: non-zero padding between blob sections")
-        counts = read(*sec["counts"], "<u2")
-        _validate_counts(counts, g, where)
-        lane_sizes = read(*sec["lane_sizes"], "<u2")
-        total = int(lane_sizes.sum(dtype=np.int64))
-        if total != g.payload_bytes:
-            raise FormatError(f"{where}: lane sizes add up to {total} bytes but payload_bytes "
-                              f"is {g.payload_bytes}")
-        longest = (g.table_log * (g.lane_symbols + 1) + 7) // 8
-        if lane_sizes.size and int(lane_sizes.max()) > longest:
-            lane = int(np.argmax(lane_sizes))
-            raise FormatError(f"{where}: lane {lane} claims {int(lane_sizes[lane])} bytes; a lane of "
-                              f"{g.lane_symbols} symbols holds at most {longest}")
-        spare = (-g.count * g.raw_bits) % 8
-        if spare and sec["raw"][1]:
-            last = read(sec["raw"][0] + sec["raw"][1] - 1, 1)
-            if int(last[0]) >> (8 - spare):
-                raise FormatError(f"{where}: non-zero unused bits at the end of the raw section")
-        return StoredSections(t, checksum, g, counts, lane_sizes,
-                              t.blob_begin + sec["payload"][0], t.blob_begin + sec["raw"][0])
+        def read(offset: int, length: int, out=None) -> np.ndarray:
+            out = np.empty(length, dtype=np.uint8) if out is None else out
+            pread_exact(fd, out, begin + offset, self.path)
+            return out
+        return read
 
     def _get(self, name: str) -> StoredTensor:
         try:
@@ -328,68 +312,27 @@ class FloatzipFile:
             raise KeyError(f"{self.path}: no tensor named {name!r}") from None
 
 
-def _validate_params(name: str, params, source, blob_bytes: int, where: str) -> CodedGeometry | None:
+def blob_reader(blob: np.ndarray):
+    """A codec Read of a blob held in memory (views, no copies)."""
+    def read(offset: int, length: int, out=None) -> np.ndarray:
+        return blob[offset:offset + length]
+    return read
+
+
+def _validate_params(name: str, params, source, blob_bytes: int, where: str):
+    """(codec, layout) of one tensor: the checks every codec shares here,
+    its own by the codec."""
     def bad(msg):
         return FormatError(f"{where}: tensor {name!r}: {msg}")
     if not isinstance(params, dict):
         raise bad("coding parameters are not a JSON object")
-    codec = params.get("codec")
     xxh = params.get("xxh3")
     if BOUND_FIELD in params:
         bound = params[BOUND_FIELD]
         if type(bound) is not int or not 0 <= bound <= 8 * source.nbytes:
             raise bad(f"'{BOUND_FIELD}' must be an integer in [0, {8 * source.nbytes}], found {bound!r}")
-        params = {k: v for k, v in params.items() if k != BOUND_FIELD}
     if not (isinstance(xxh, str) and len(xxh) == 16 and all(c in "0123456789abcdef" for c in xxh)):
         raise bad(f"'xxh3' must be 16 lowercase hex digits, found {xxh!r}")
-    if codec == CODEC_RAW:
-        if set(params) != {"codec", "xxh3"}:
-            raise bad(f"unexpected fields for codec raw: {sorted(set(params) - {'codec', 'xxh3'})}")
-        if blob_bytes != source.nbytes:
-            raise bad(f"raw blob is {blob_bytes} bytes, the tensor needs {source.nbytes}")
-        return None
-    if codec != CODEC_TANS:
-        raise UnsupportedError(f"{where}: tensor {name!r}: unknown codec {codec!r}; this "
-                               "floatzip knows 'tans' and 'raw' (upgrade floatzip?)")
-    if set(params) != set(_TANS_FIELDS):
-        raise bad(f"codec tans needs exactly the fields {list(_TANS_FIELDS)}, found {sorted(params)}")
-    for key in _TANS_FIELDS[1:-1]:
-        if type(params[key]) is not int:
-            raise bad(f"'{key}' must be an integer, found {params[key]!r}")
-    layout = FLOAT_LAYOUTS.get(source.dtype)
-    if layout is None:
-        raise bad(f"codec tans is not defined for dtype {source.dtype}")
-    limits = {
-        "symbol_bits": (1, min(layout.width, tans.MAX_SYMBOL_BITS)),
-        "table_log": (tans.MIN_TABLE_LOG, tans.MAX_TABLE_LOG),
-        "lane_symbols": (1, MAX_LANE_SYMBOLS),
-        "table_symbols": (1, 1 << params["symbol_bits"] if isinstance(params["symbol_bits"], int) else 1),
-        "first_symbol": (0, (1 << tans.MAX_SYMBOL_BITS) - 1),
-        "payload_bytes": (0, 1 << 62),
-    }
-    for key, (lo, hi) in limits.items():
-        if not lo <= params[key] <= hi:
-            raise bad(f"'{key}' = {params[key]} is outside [{lo}, {hi}]")
-    if params["first_symbol"] + params["table_symbols"] > 1 << params["symbol_bits"]:
-        raise bad(f"symbols {params['first_symbol']}..{params['first_symbol'] + params['table_symbols'] - 1} "
-                  f"do not fit in {params['symbol_bits']} bits")
-    count = int(np.prod(source.shape, dtype=object)) if source.shape else 1
-    geometry = CodedGeometry(count=count, width=layout.width, symbol_bits=params["symbol_bits"],
-                             table_log=params["table_log"], first_symbol=params["first_symbol"],
-                             table_symbols=params["table_symbols"],
-                             lane_symbols=params["lane_symbols"],
-                             payload_bytes=params["payload_bytes"])
-    longest = geometry.lanes * ((geometry.table_log * (geometry.lane_symbols + 1) + 7) // 8)
-    if geometry.payload_bytes > longest:
-        raise bad(f"payload_bytes {geometry.payload_bytes} exceeds the most {longest} that "
-                  f"{geometry.lanes} lanes can hold")
-    if blob_bytes != geometry.blob_bytes:
-        raise bad(f"blob is {blob_bytes} bytes but its parameters need {geometry.blob_bytes}")
-    return geometry
-
-
-def _validate_counts(counts: np.ndarray, g: CodedGeometry, where: str) -> None:
-    total = int(counts.sum(dtype=np.int64))
-    if total != 1 << g.table_log:
-        raise FormatError(f"{where}: symbol counts add up to {total}, expected 2^{g.table_log} "
-                          f"= {1 << g.table_log}")
+    codec = registry.get(params.get("codec"), f"{where}: tensor {name!r}")
+    fields = {k: v for k, v in params.items() if k not in ("codec", "xxh3", BOUND_FIELD)}
+    return codec, codec.parse(fields, source.dtype, source.shape, source.nbytes, blob_bytes, bad)
