@@ -111,7 +111,8 @@ import torch  # noqa: E402
 import triton  # noqa: E402
 import triton.testing  # noqa: E402
 
-from floatzip.backends import triton_decode as td  # noqa: E402
+from floatzip.backends import triton as td  # noqa: E402
+from floatzip.backends.triton import builds, kernel  # noqa: E402
 from floatzip.codecs.encoded import CODEC_TANS, decode_tensor, encode_tensor  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() and not SMOKE else "cpu"
@@ -717,13 +718,13 @@ def launcher_row(dec, out, host_us):
     included, in the signature's order): what a cached launcher would save."""
     import inspect
     try:
-        consts = td.kernel_constants(dec.groups_per_program, dec.num_warps, dec.build)
+        consts = builds.kernel_constants(dec.groups_per_program, dec.num_warps, dec.build)
         tensors = [dec.desc, dec.table, dec.lane_bits, dec.payload, dec.raw, out, dec.errors,
                    dec.fifo]
-        params = list(inspect.signature(td._decode_kernel).parameters)
+        params = list(inspect.signature(kernel._decode_kernel).parameters)
         args = tensors + [consts[name] for name in params[len(tensors):]]
-        compiled = td._kernel("decode")[(dec.programs,)](*tensors, **consts,
-                                                          num_warps=dec.num_warps)
+        compiled = builds.launchable("decode")[(dec.programs,)](*tensors, **consts,
+                                                                num_warps=dec.num_warps)
         runner = compiled[(dec.programs, 1, 1)]
         out.zero_()
         runner(*args)

@@ -35,14 +35,13 @@ import warnings
 
 warnings.filterwarnings("ignore", category=UserWarning)
 
-from floatzip.backends import triton_build  # noqa: E402
-from floatzip.backends import triton_decode as td  # noqa: E402
+from floatzip.backends.triton import builds  # noqa: E402
 
 H200_ISSUE_PER_S = 132 * 4 * 1.98e9
 # (table memory, prefetch, raw rows in flight, staging, register cap)
 BUILDS = [("global", "none", 8, "none", 0), ("shared", "none", 8, "none", 0),
-          ("shared", "none", 16, "none", 0), ("shared", td.AUTO_PREFETCH, 16, "none", 0),
-          ("shared", "none", 16, "async", 0), ("shared", td.AUTO_PREFETCH, 16, "async", 0),
+          ("shared", "none", 16, "none", 0), ("shared", builds.AUTO_PREFETCH, 16, "none", 0),
+          ("shared", "none", 16, "async", 0), ("shared", builds.AUTO_PREFETCH, 16, "async", 0),
           ("shared", "none", 16, "none", 64), ("shared", "none", 16, "async", 64)]
 H200_REGISTERS = 65536          # a multiprocessor's register file, 32-bit registers
 H200_THREADS = 2048             # threads a multiprocessor holds at most
@@ -72,7 +71,7 @@ def main() -> None:
     parser.add_argument("--warps", type=int, default=4)
     parser.add_argument("--out", help="also write the table to this file")
     args = parser.parse_args()
-    if triton_build.cuda_tool("cuobjdump") is None:
+    if builds.cuda_tool("cuobjdump") is None:
         sys.exit("this Triton wheel ships no cuobjdump")
 
     import triton
@@ -84,13 +83,13 @@ def main() -> None:
              "threads an SM | issue-bound ceiling, H200 |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for memory, prefetch, raw_ahead, staging, cap in BUILDS:
-        compiled = triton_build.compile_decoder(args.capability, args.groups, args.warps, memory,
-                                                raw_ahead, prefetch, staging, cap)
+        compiled = builds.compile_decoder(args.capability, args.groups, args.warps, memory,
+                                          raw_ahead, prefetch, staging, cap)
         cubin = compiled.asm["cubin"]
-        usage = triton_build.resource_usage(cubin)
+        usage = builds.resource_usage(cubin)
         regs = int(re.search(r"REG:(\d+)", usage).group(1))
         threads = resident_threads(regs, args.warps)
-        for loop in triton_build.decode_loops(triton_build.sass(cubin)):
+        for loop in builds.decode_loops(builds.sass(cubin)):
             steps = sum("STG" in op for op in loop)
             per_step = len(loop) / steps
             nbytes = store_width(loop)

@@ -7,6 +7,7 @@ scalar) are checked on every machine.
 """
 from __future__ import annotations
 
+import inspect
 import subprocess
 import sys
 
@@ -15,12 +16,15 @@ import pytest
 from conftest import explicit_args
 
 from floatzip.backends import numpy_ref
-from floatzip.codecs import encoded, model, tans
+from floatzip.codecs import model, tans
+from floatzip.decode import decode_tensor
+from floatzip.encode import encode_tensor
 from floatzip.codecs.layout import CodedGeometry
 from floatzip.dtypes import FLOAT_LAYOUTS
 from floatzip.errors import CorruptDataError
 
-nb = pytest.importorskip("floatzip.backends.numba_backend")
+nb = pytest.importorskip("floatzip.backends.numba")
+from floatzip.backends.numba import decoder, dispatch, encoder, threads
 
 RNG_SEED = 20240607
 # table_log 1 and 3 work once tans.spread_step is odd for them (it was not at first).
@@ -31,8 +35,8 @@ ODD_SMALL_LOGS = tuple(t for t in (1, 3) if tans.spread_step(t) % 2)
 def kernel(request, monkeypatch):
     """Run the test once with each numba kernel, and split even small
     tensors between threads."""
-    monkeypatch.setattr(nb, "use_simd", request.param)
-    monkeypatch.setattr(nb, "_MIN_VALUES_PER_JOB", 1)
+    monkeypatch.setattr(dispatch, "use_simd", request.param)
+    monkeypatch.setattr(threads, "MIN_VALUES_PER_JOB", 1)
     return request.param
 
 
@@ -178,13 +182,13 @@ def test_every_16_bit_value(kernel, dtype):
                            np.arange(1 << 16, dtype=np.uint16)])
     rng.shuffle(bits)
     data = bits.view(np.uint8)
-    fast = encoded.encode_tensor(data, dtype, bits.shape, backend="numba", workers=2)
-    slow = encoded.encode_tensor(data, dtype, bits.shape, backend="numpy")
+    fast = encode_tensor(data, dtype, bits.shape, backend="numba", workers=2)
+    slow = encode_tensor(data, dtype, bits.shape, backend="numpy")
     assert fast.codec == slow.codec == "tans"
     assert fast.geometry == slow.geometry
     for field in ("counts", "lane_sizes", "payload", "raw"):
         np.testing.assert_array_equal(getattr(fast, field), getattr(slow, field))
-    np.testing.assert_array_equal(encoded.decode_tensor(fast, backend="numba"), data)
+    np.testing.assert_array_equal(decode_tensor(fast, backend="numba"), data)
     # And with the widest symbols: 4096 of them, one table slot each.
     args, counts = explicit_args(bits, dtype, 12, 12, 1024)
     assert len(counts) == 4096 and counts.max() == 1
@@ -228,14 +232,20 @@ def test_simd_compile_failure_falls_back(monkeypatch):
     def broken(*args):
         raise numba.core.errors.TypingError("no vector gathers here")
 
-    monkeypatch.setattr(nb, "use_simd", True)
-    monkeypatch.setattr(nb, "_simd_failure", None)
-    monkeypatch.setattr(nb, "_decode_groups_simd", broken)
-    monkeypatch.setattr(nb, "_encode_groups_simd", broken)
+    monkeypatch.setattr(dispatch, "use_simd", True)
+    monkeypatch.setattr(dispatch, "_simd_failure", None)
+    monkeypatch.setattr(decoder, "_decode_groups_simd", broken)
+    monkeypatch.setattr(encoder, "_encode_groups_simd", broken)
     bits = normal_bits("BF16", 5000, 0.02, np.random.default_rng(RNG_SEED))
+    args, counts = model_args(bits, "BF16")
     with pytest.warns(RuntimeWarning, match="scalar"):
-        check_identical(bits, *model_args(bits, "BF16"), workers=(1,))
-    assert "no vector gathers" in nb._simd_failure
+        geo = check_identical(bits, args, counts, workers=(1,))
+    assert "no vector gathers" in dispatch._simd_failure
+    # The decoder falls back on its own too (above, the encoder failed first).
+    monkeypatch.setattr(dispatch, "_simd_failure", None)
+    with pytest.warns(RuntimeWarning, match="scalar"):
+        decoded = nb.decode(geo, counts, *reference(bits, args, counts), np.uint16)
+    np.testing.assert_array_equal(decoded, bits)
 
 
 def test_workers_do_not_change_bytes(kernel):
@@ -252,12 +262,25 @@ def test_workers_do_not_change_bytes(kernel):
     np.testing.assert_array_equal(numpy_ref.decode(geo, counts, *one, np.uint16), bits)
 
 
+def numba_kernels():
+    """Every jitted function of the numba back end, whichever of its modules
+    holds it. Self-contained: test_import_compiles_nothing runs its source."""
+    import importlib
+    import pkgutil
+
+    import numba
+
+    import floatzip.backends.numba as package
+    modules = [importlib.import_module(f"{package.__name__}.{m.name}")
+               for m in pkgutil.iter_modules(package.__path__)]
+    return list({id(v): v for m in modules for v in vars(m).values()
+                 if isinstance(v, numba.core.dispatcher.Dispatcher)}.values())
+
+
 def test_kernels_release_the_gil():
     """Every kernel is nogil, and two threads decoding at once agree."""
     import threading
-
-    import numba
-    kernels = [v for v in vars(nb).values() if isinstance(v, numba.core.dispatcher.Dispatcher)]
+    kernels = numba_kernels()
     assert kernels and all(k.targetoptions.get("nogil") for k in kernels)
     rng = np.random.default_rng(RNG_SEED)
     bits = normal_bits("BF16", 500_000, 0.02, rng)
@@ -321,9 +344,7 @@ def test_symbol_outside_the_alphabet_is_an_error(kernel):
 
 
 def test_import_compiles_nothing():
-    code = ("import numba, floatzip.backends.numba_backend as nb\n"
-            "kernels = [v for v in vars(nb).values()\n"
-            "           if isinstance(v, numba.core.dispatcher.Dispatcher)]\n"
+    code = (inspect.getsource(numba_kernels) + "kernels = numba_kernels()\n"
             "assert len(kernels) > 10 and all(not k.signatures for k in kernels)\n")
     subprocess.run([sys.executable, "-c", code], check=True)
 
@@ -423,28 +444,26 @@ def test_bad_counts(coded):
 def test_checksum_catches_what_lanes_cannot(coded):
     """End to end: a corruption the lanes accept still fails the checksum."""
     bits, counts, geo, sizes, payload, raw = coded
-    enc = encoded.encode_tensor(bits.view(np.uint8), "BF16", bits.shape, backend="numba")
+    enc = encode_tensor(bits.view(np.uint8), "BF16", bits.shape, backend="numba")
     enc.raw = enc.raw.copy()
     enc.raw[7] ^= 1                      # raw fields carry no structure to check
     with pytest.raises(CorruptDataError, match="checksum"):
-        encoded.decode_tensor(enc, backend="numba")
+        decode_tensor(enc, backend="numba")
 
 
 @pytest.mark.parametrize("dtype", sorted(FLOAT_LAYOUTS))
 @pytest.mark.parametrize("workers", [1, 3])
 def test_histogram_matches_reference(dtype, workers):
-    from floatzip.backends import numba_backend
     layout = FLOAT_LAYOUTS[dtype]
     rng = np.random.default_rng(5)
     bits = rng.integers(0, 1 << layout.width, 700_001, dtype=np.uint64).astype(layout.storage)
     bits[:1000] = bits[0]            # runs of one value: the interleaved counters
     for top in (1, model.histogram_bits(layout), layout.width if layout.width <= 12 else 12):
-        np.testing.assert_array_equal(numba_backend.histogram(bits, layout.width, top, workers),
+        np.testing.assert_array_equal(nb.histogram(bits, layout.width, top, workers),
                                       numpy_ref.histogram(bits, layout.width, top))
 
 
 def test_decode_into_out_and_bad_out_is_refused():
-    from floatzip.backends import numba_backend
     from floatzip.errors import DecoderArgumentError
     bits = (np.random.default_rng(2).standard_normal(5000).astype(np.float32)
             .view(np.uint32) >> 16).astype(np.uint16)
@@ -452,11 +471,11 @@ def test_decode_into_out_and_bad_out_is_refused():
     sizes, payload, raw = numpy_ref.encode(bits, args, counts)
     geo = CodedGeometry(count=bits.size, table_symbols=len(counts),
                         payload_bytes=int(payload.size), **args)
-    for impl in (numpy_ref, numba_backend):
+    for impl in (numpy_ref, nb):
         out = np.full(bits.size, 0xFFFF, np.uint16)
         assert np.shares_memory(impl.decode(geo, counts, sizes, payload, raw, np.uint16, out=out), out)
         np.testing.assert_array_equal(out, bits)
     for bad in (np.empty(bits.size - 1, np.uint16), np.empty(bits.size, np.uint32),
                 np.empty(2 * bits.size, np.uint16)[::2]):
         with pytest.raises(DecoderArgumentError):
-            numba_backend.decode(geo, counts, sizes, payload, raw, np.uint16, out=bad)
+            nb.decode(geo, counts, sizes, payload, raw, np.uint16, out=bad)

@@ -1,4 +1,4 @@
-"""Decode launches replayed as CUDA graphs (floatzip.backends.graph_launch).
+"""Decode launches replayed as CUDA graphs (floatzip.backends.triton.graph_launch).
 
 Without a GPU, torch.cuda's graph calls are replaced by a small emulation
 (:class:`FakeCuda`): a capture records the kernel launches made during it
@@ -21,9 +21,11 @@ pytest.importorskip("triton")
 
 from conftest import bf16_bits  # noqa: E402
 
-from floatzip.backends import graph_launch  # noqa: E402
-from floatzip.backends import triton_decode as td  # noqa: E402
-from floatzip.codecs.encoded import decode_tensor, encode_tensor  # noqa: E402
+from floatzip.backends import triton as td  # noqa: E402
+from floatzip.backends.triton import block, graph_launch, kernel  # noqa: E402
+from floatzip.codecs.layout import LANES  # noqa: E402
+from floatzip.decode import decode_tensor  # noqa: E402
+from floatzip.encode import encode_tensor  # noqa: E402
 from floatzip.errors import DecoderArgumentError, UnsupportedError  # noqa: E402
 
 CUDA = torch.cuda.is_available()
@@ -64,7 +66,7 @@ class FakeCuda:
         monkeypatch.setattr(cuda, "stream", lambda s: contextlib.nullcontext())
         monkeypatch.setattr(cuda, "device", lambda d: contextlib.nullcontext())
         monkeypatch.setattr(graph_launch, "_failed", {})
-        real_kernel = td._kernel
+        real_kernel = block.launchable
         fake = self
 
         class Launch:           # Triton's launch: recorded while capturing
@@ -82,7 +84,7 @@ class FakeCuda:
                         run()
                 return go
 
-        monkeypatch.setattr(td, "_kernel", Launch)
+        monkeypatch.setattr(block, "launchable", Launch)
 
 
 @pytest.fixture
@@ -219,7 +221,7 @@ def test_a_new_build_is_a_new_graph(fake):
     assert dec._graphs.captures == 2
     # The fifo scratch is baked in too (the "fifo" build writes it).
     dec.build = dec.build._replace(staging="fifo")
-    dec.fifo = torch.zeros(td.FIFO_SLOTS.value * td.LANES * 8 * dec.programs, dtype=torch.int32)
+    dec.fifo = torch.zeros(kernel.FIFO_SLOTS.value * LANES * 8 * dec.programs, dtype=torch.int32)
     for _ in range(2):
         dec.decode(out)
     dec.fifo = dec.fifo.clone()

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -22,19 +24,15 @@ triton = pytest.importorskip("triton")
 from conftest import explicit_args  # noqa: E402
 
 from floatzip.backends import numpy_ref  # noqa: E402
-from floatzip.backends import triton_build  # noqa: E402
-from floatzip.backends import triton_decode as td  # noqa: E402
+from floatzip.backends import triton as td  # noqa: E402
+from floatzip.backends.triton import block, kernel  # noqa: E402
+from floatzip.backends.triton import builds as kernel_builds  # noqa: E402
 from floatzip.codecs import model, tans  # noqa: E402
-from floatzip.codecs.encoded import (  # noqa: E402
-    CODEC_RAW,
-    CODEC_TANS,
-    EncodedTensor,
-    checksum,
-    decode_tensor,
-    encode_tensor,
-)
+from floatzip.codecs.encoded import CODEC_RAW, CODEC_TANS, EncodedTensor, checksum  # noqa: E402
 from floatzip.codecs.layout import CodedGeometry  # noqa: E402
+from floatzip.decode import decode_tensor  # noqa: E402
 from floatzip.dtypes import FLOAT_LAYOUTS  # noqa: E402
+from floatzip.encode import encode_tensor  # noqa: E402
 from floatzip.errors import (  # noqa: E402
     CorruptDataError,
     DecoderArgumentError,
@@ -197,7 +195,7 @@ def test_unmasked_phase(device, groups_per_program, min_steps):
     rng = np.random.default_rng(5)
     enc = force_tans(weights(rng, 32 * 16 * 2 + 40, "BF16"), "BF16", 9, 10, 16)
     dec = td.DeviceBlockDecoder.from_encoded([enc], device, groups_per_program=groups_per_program)
-    assert dec.desc[:, td.DESC_MIN_STEPS].tolist() == min_steps
+    assert dec.desc[:, kernel.DESC_MIN_STEPS].tolist() == min_steps
     assert_decodes(enc, device, groups_per_program, raw_ahead=8)
 
 
@@ -294,12 +292,29 @@ def test_single_tensor_into_typed_output(device):
 
 
 def test_backend_interface(device):
+    """The contract of backends.base.Backend: decode(..., out=) on the
+    device it picks itself (the CPU under the interpreter), as the
+    reference decodes; encode and histogram refused, naming what encodes."""
+    from floatzip import backends
+    from floatzip.backends.base import Backend
+    assert backends.select("triton", device=device) is td
+    assert isinstance(td, Backend) and td.name == "triton" and not td.can_encode
+    assert device in td.devices()
     enc = encode(weights(np.random.default_rng(8), 2000, "BF16"), "BF16", lane_symbols=16)
     g = enc.geometry
     args = (g, enc.counts, enc.lane_sizes, enc.payload, enc.raw, np.uint16)
-    np.testing.assert_array_equal(td.decode(*args, device=device), numpy_ref.decode(*args))
-    with pytest.raises(UnsupportedError):
-        td.encode(None, None, None)
+    ref = numpy_ref.decode(*args)
+    np.testing.assert_array_equal(td.decode(*args), ref)
+    out = np.zeros(g.count, dtype=np.uint16)
+    assert td.decode(*args, out=out) is out
+    np.testing.assert_array_equal(out, ref)
+    for bad in (np.zeros(g.count - 1, dtype=np.uint16), np.zeros(g.count, dtype=np.int16),
+                np.zeros(2 * g.count, dtype=np.uint16)[::2]):
+        with pytest.raises(DecoderArgumentError, match="out="):
+            td.decode(*args, out=bad)
+    for refused in (lambda: td.encode(None, None, None), lambda: td.histogram(None, 16, 12)):
+        with pytest.raises(UnsupportedError, match="'numba' or 'numpy'"):
+            refused()
 
 
 # -- corrupt streams -------------------------------------------------------
@@ -322,8 +337,8 @@ def test_corrupt_lanes_are_flagged_like_the_reference(device, build):
         corrupt.append(EncodedTensor(enc.dtype, enc.shape, CODEC_TANS, enc.checksum, g,
                                      enc.counts, enc.lane_sizes, payload, enc.raw))
     dec = block_decoder(corrupt, device, build, groups_per_program=8)
-    unmasked = dec.desc[:, td.DESC_MIN_STEPS] - dec.raw_ahead
-    assert (unmasked > td.FIFO_MIN_STEPS + td.FIFO_SLOTS.value).all()
+    unmasked = dec.desc[:, kernel.DESC_MIN_STEPS] - dec.raw_ahead
+    assert (unmasked > kernel.FIFO_MIN_STEPS + kernel.FIFO_SLOTS.value).all()
     dec.decode()
     flagged = int(dec.errors.item())
     rejected = 0
@@ -397,9 +412,9 @@ def test_worst_lane_stays_inside_the_buffers(device, monkeypatch, groups_per_pro
     monkeypatch.setattr(interpreter.InterpreterBuilder, "create_masked_store", watched_store)
     for build in INTERPRETED_BUILDS:
         dec = block_decoder([bad], device, build, groups_per_program=groups_per_program)
-        unmasked = dec.desc[:, td.DESC_MIN_STEPS] - td.RAW_AHEAD
+        unmasked = dec.desc[:, kernel.DESC_MIN_STEPS] - td.RAW_AHEAD
         # The staged build reads words it copied in the loop.
-        assert (unmasked > td.FIFO_MIN_STEPS + td.FIFO_SLOTS.value).any() \
+        assert (unmasked > kernel.FIFO_MIN_STEPS + kernel.FIFO_SLOTS.value).any() \
             == (groups_per_program == 8)
         out = dec.new_output()
         buffers = [dec.desc, dec.table, dec.lane_bits, dec.payload, dec.raw, out, dec.errors,
@@ -412,6 +427,14 @@ def test_worst_lane_stays_inside_the_buffers(device, monkeypatch, groups_per_pro
 
 
 # -- host-side checks ------------------------------------------------------
+
+def test_the_back_end_stays_below_the_torch_integration():
+    """Back ends sit below floatzip.torch: importing this one loads none of it."""
+    code = ("import sys, floatzip.backends.triton; "
+            "print(sorted(m for m in sys.modules if m.startswith('floatzip.torch')))")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert run.stdout.strip() == "[]"
+
 
 def test_cpu_needs_the_interpreter(monkeypatch):
     enc = encode(weights(np.random.default_rng(10), 100, "BF16"), "BF16")
@@ -436,7 +459,7 @@ def test_inline_ptx_builds_need_a_gpu(monkeypatch):
             td.DeviceBlockDecoder.from_encoded([enc], "cpu", **{option: value})
     # The cp.async FIFO wants a thread (or more lanes) a lane, in static
     # shared memory: refused anywhere otherwise.
-    for groups in (1, 2 * td.MAX_ASYNC_GROUPS):
+    for groups in (1, 2 * kernel.MAX_ASYNC_GROUPS):
         with pytest.raises(UnsupportedError, match="num_warps <= groups_per_program"):
             td.DeviceBlockDecoder.from_encoded([enc], "cpu", staging="async", num_warps=4,
                                                groups_per_program=groups)
@@ -463,11 +486,11 @@ def test_a_gpu_launch_gets_the_arguments_of_its_build(monkeypatch):
         def __getitem__(self, grid):
             return lambda *args, **kw: launches.append((grid, args, kw))
 
-    monkeypatch.setattr(td, "_kernel", lambda name: Recorder())
+    monkeypatch.setattr(block, "launchable", lambda name: Recorder())
     monkeypatch.delenv("TRITON_INTERPRET")
-    params = inspect.signature(td._decode_kernel).parameters
+    params = inspect.signature(kernel._decode_kernel).parameters
     tensor_args = [n for n, p in params.items() if p.annotation != "tl.constexpr"]
-    assert tensor_args == [n for n, t in triton_build.SIGNATURE.items() if t != "constexpr"]
+    assert tensor_args == [n for n, t in kernel_builds.SIGNATURE.items() if t != "constexpr"]
     for build in (td.CUDA_BUILD._replace(prefetch="L2"), td.CUDA_BUILD._replace(prefetch="none"),
                   td.KernelBuild("shared", "none", 16, "async"),
                   td.KernelBuild("global", "none", 8, "fifo"),
@@ -480,7 +503,7 @@ def test_a_gpu_launch_gets_the_arguments_of_its_build(monkeypatch):
                         dec.errors, dec.fifo)
         assert len(args) == len(tensor_args)
         cap = {"maxnreg": build.max_registers} if build.max_registers else {}
-        assert kw == {**td.kernel_constants(4, 4, build), "num_warps": 4, **cap}
+        assert kw == {**kernel_builds.kernel_constants(4, 4, build), "num_warps": 4, **cap}
         assert kw["STAGING"] == td.STAGINGS.index(build.staging)
 
 
@@ -488,14 +511,15 @@ def test_auto_prefetch_follows_the_launch_size(monkeypatch):
     """prefetch="auto" prefetches when a launch has fewer lanes than the
     GPU keeps resident (PREFETCH_LANES_PER_SM a multiprocessor), else not;
     without CUDA it never does."""
-    monkeypatch.setattr(td, "_multiprocessors", lambda device: 2)
+    monkeypatch.setattr(kernel_builds, "_multiprocessors", lambda device: 2)
     auto = td.KernelBuild("shared", "auto", 16)
     cuda = torch.device("cuda", 0)
-    resident = 2 * td.PREFETCH_LANES_PER_SM
-    assert td._resolve_prefetch(auto, resident - 32, cuda).prefetch == td.AUTO_PREFETCH
-    assert td._resolve_prefetch(auto, resident, cuda).prefetch == "none"
-    assert td._resolve_prefetch(auto._replace(prefetch="L1"), resident, cuda).prefetch == "L1"
-    assert td._resolve_prefetch(auto, 32, torch.device("cpu")).prefetch == "none"
+    resident = 2 * kernel_builds.PREFETCH_LANES_PER_SM
+    resolve = kernel_builds.resolve_prefetch
+    assert resolve(auto, resident - 32, cuda).prefetch == td.AUTO_PREFETCH
+    assert resolve(auto, resident, cuda).prefetch == "none"
+    assert resolve(auto._replace(prefetch="L1"), resident, cuda).prefetch == "L1"
+    assert resolve(auto, 32, torch.device("cpu")).prefetch == "none"
     assert td.resolve_build(prefetch="auto", interpreted=True).prefetch == "none"
 
 
@@ -507,14 +531,14 @@ def test_bad_inputs_raise_floatzip_errors(device):
     for bad in (good.view(torch.int16), good[:dec.out_nbytes - 1],
                 good[1:], torch.zeros(2, dec.out_nbytes, dtype=torch.uint8, device=device)[:, 0],
                 "not a tensor"):
-        with pytest.raises(td.DecoderArgumentError):
+        with pytest.raises(DecoderArgumentError):
             dec.decode(bad)
     t = td.DeviceCodedTensor(enc, device)
-    with pytest.raises(td.DecoderArgumentError, match="dtype"):
+    with pytest.raises(DecoderArgumentError, match="dtype"):
         t.decode(torch.empty(3000, dtype=torch.float16, device=device))
-    with pytest.raises(td.DecoderArgumentError, match="elements"):
+    with pytest.raises(DecoderArgumentError, match="elements"):
         t.decode(torch.empty(2999, dtype=torch.bfloat16, device=device))
-    with pytest.raises(td.DecoderArgumentError, match="contiguous"):
+    with pytest.raises(DecoderArgumentError, match="contiguous"):
         t.decode(torch.empty(6000, dtype=torch.bfloat16, device=device)[::2])
 
     broken = EncodedTensor(enc.dtype, enc.shape, enc.codec, enc.checksum, enc.geometry,
@@ -524,7 +548,7 @@ def test_bad_inputs_raise_floatzip_errors(device):
     odd = EncodedTensor(enc.dtype, enc.shape, "zstd", enc.checksum)
     with pytest.raises(UnsupportedError, match="zstd"):
         td.DeviceCodedTensor(odd, device)
-    assert issubclass(td.DecoderArgumentError, FloatzipError)
+    assert issubclass(DecoderArgumentError, FloatzipError)
 
 
 def test_a_table_that_leaves_itself_is_rejected(device, monkeypatch):
@@ -551,7 +575,7 @@ def test_staged_words_are_asked_for_early_enough():
     at: FIFO_AHEAD moves never take fewer than FIFO_MIN_STEPS steps, so
     the copy has landed when it is read. The
     FIFO holds the word read and the FIFO_AHEAD asked for after it."""
-    ahead = td.FIFO_AHEAD.value
+    ahead = kernel.FIFO_AHEAD.value
     fewest = None
     for entered_at in range(tans.MAX_TABLE_LOG):      # bit a lane enters a word at
         pos, steps, moves = entered_at, 0, 0
@@ -562,14 +586,14 @@ def test_staged_words_are_asked_for_early_enough():
                 pos -= 32
                 moves += 1
         fewest = steps if fewest is None else min(fewest, steps)
-    assert fewest == td.FIFO_MIN_STEPS
+    assert fewest == kernel.FIFO_MIN_STEPS
     # Asked for in step s (its group committed at the end of s), read in
     # step s + FIFO_MIN_STEPS at the earliest, after the wait at the end of
     # the step before, where the group of step s is the FIFO_MIN_STEPS-th
     # newest: complete if more than FIFO_WAIT.
-    assert td.FIFO_MIN_STEPS > td.FIFO_WAIT
-    assert td.FIFO_SLOTS.value >= ahead + 1
-    assert td.FIFO_SLOTS.value & (td.FIFO_SLOTS.value - 1) == 0
+    assert kernel.FIFO_MIN_STEPS > kernel.FIFO_WAIT
+    assert kernel.FIFO_SLOTS.value >= ahead + 1
+    assert kernel.FIFO_SLOTS.value & (kernel.FIFO_SLOTS.value - 1) == 0
 
 
 def test_descriptor_columns_match_the_kernel():
@@ -577,12 +601,12 @@ def test_descriptor_columns_match_the_kernel():
     with the DESC_* name whose value it must equal."""
     import inspect
     import re
-    source = inspect.getsource(td._decode_kernel)
+    source = inspect.getsource(kernel._decode_kernel)
     reads = re.findall(r"tl\.load\(row \+ (\d+)\).*# (DESC_\w+)", source)
     assert len(reads) == 13
     for column, name in reads:
-        assert getattr(td, name) == int(column), name
-    assert max(int(c) for c, _ in reads) < td.DESC_FIELDS
+        assert getattr(kernel, name) == int(column), name
+    assert max(int(c) for c, _ in reads) < kernel.DESC_FIELDS
 
 
 # -- the real compiler, without a GPU --------------------------------------
@@ -595,8 +619,8 @@ def assert_compiles(capability, groups, num_warps, build):
     masked ones; the "async" build copies, commits and waits once a step
     in the unmasked loops, and reads its FIFO from shared memory."""
     table_memory, prefetch, raw_ahead, staging, *max_registers = build
-    compiled = triton_build.compile_decoder(capability, groups, num_warps, table_memory,
-                                            raw_ahead, prefetch, staging, *max_registers)
+    compiled = kernel_builds.compile_decoder(capability, groups, num_warps, table_memory,
+                                             raw_ahead, prefetch, staging, *max_registers)
     if prefetch == "auto":
         prefetch = td.AUTO_PREFETCH      # what a launch small enough gets
     cubin, ptx = compiled.asm["cubin"], compiled.asm["ptx"]
@@ -606,20 +630,20 @@ def assert_compiles(capability, groups, num_warps, build):
         assert ptx.count("floatzip_decode_table[16384]") == 1
         assert "st.shared.u32" in ptx and "ld.shared.u32" in ptx
     staged = staging != "none"
-    fifo_bytes = 4 * td.FIFO_SLOTS.value * 32 * groups
+    fifo_bytes = 4 * kernel.FIFO_SLOTS.value * 32 * groups
     assert ptx.count(f"floatzip_payload_fifo[{fifo_bytes}]") == (staging == "async")
     # Per step of the unmasked loops, for each output width (and the
     # copies that fill the FIFO before them).
     steps = raw_ahead * 3
     assert ptx.count("prefetch.global.") == (prefetch != "none") * (2 - staged) * steps
     assert ptx.count(f"prefetch.global.{prefetch}") == ptx.count("prefetch.global.")
-    async_copies = (staging == "async") * (steps + td.FIFO_AHEAD.value)
+    async_copies = (staging == "async") * (steps + kernel.FIFO_AHEAD.value)
     assert ptx.count("cp.async.ca.shared.global") == async_copies
-    assert ptx.count(f"cp.async.wait_group {td.FIFO_WAIT};") == (staging == "async") * steps
-    if triton_build.cuda_tool("cuobjdump") is None:
+    assert ptx.count(f"cp.async.wait_group {kernel.FIFO_WAIT};") == (staging == "async") * steps
+    if kernel_builds.cuda_tool("cuobjdump") is None:
         return
-    assert "LOCAL:0" in triton_build.resource_usage(cubin)
-    loops = triton_build.decode_loops(triton_build.sass(cubin))
+    assert "LOCAL:0" in kernel_builds.resource_usage(cubin)
+    loops = kernel_builds.decode_loops(kernel_builds.sass(cubin))
     assert len(loops) == 6          # per output width: unmasked, masked
     for i, loop in enumerate(loops):
         unmasked = i % 2 == 0
@@ -632,7 +656,7 @@ def assert_compiles(capability, groups, num_warps, build):
         assert shared_reads == ((table_memory == "shared") + fifo_reads) * stores
         assert not any(" BAR" in op or op.startswith("BAR") for op in loop), loop
         copies = sum("LDGSTS" in op for op in loop)
-        waits = sum(f"DEPBAR.LE SB0, {hex(td.FIFO_WAIT)}" in op for op in loop)
+        waits = sum(f"DEPBAR.LE SB0, {hex(kernel.FIFO_WAIT)}" in op for op in loop)
         assert copies == waits == fifo_reads * stores
         prefetches = sum("CCTL" in op for op in loop)
         assert prefetches == (prefetch != "none" and unmasked) * (2 - staged) * stores
@@ -650,7 +674,7 @@ def test_compiles_for(capability, build):
     """Every build for Ampere and Hopper, with the plain ring of raw rows (a
     ring of 16 takes ~4x as long to compile): every launch shape of the
     table builds without prefetch, one for the others."""
-    assert set(td.KERNELS) == {"decode"}
+    assert set(kernel.KERNELS) == {"decode"}
     table_memory, prefetch, staging = build
     shapes = ((1, 1), (2, 1), (4, 4)) if (prefetch, staging) == ("none", "none") else ((4, 4),)
     for groups, num_warps in shapes:
@@ -675,14 +699,14 @@ def test_register_cap(prefetch, staging):
     thread uncapped, 6-7 programs an SM), with and without its prefetch,
     and the async one, capped at 64 (8 programs) use no more and spill
     nothing inside their decode loops."""
-    if triton_build.cuda_tool("cuobjdump") is None:
+    if kernel_builds.cuda_tool("cuobjdump") is None:
         pytest.skip("this Triton wheel ships no cuobjdump")
     build = td.CUDA_BUILD._replace(prefetch=prefetch, staging=staging, max_registers=64)
-    compiled = triton_build.compile_decoder(90, 4, 4, **build._asdict())
+    compiled = kernel_builds.compile_decoder(90, 4, 4, **build._asdict())
     assert ".maxnreg 64" in compiled.asm["ptx"]
-    registers = int(re.search(r"REG:(\d+)", triton_build.resource_usage(compiled.asm["cubin"]))[1])
+    registers = int(re.search(r"REG:(\d+)", kernel_builds.resource_usage(compiled.asm["cubin"]))[1])
     assert registers <= 64
-    loops = triton_build.decode_loops(triton_build.sass(compiled.asm["cubin"]))
+    loops = kernel_builds.decode_loops(kernel_builds.sass(compiled.asm["cubin"]))
     assert len(loops) == 6
     assert not [op for loop in loops for op in loop if "LDL" in op or "STL" in op]
     with pytest.raises(DecoderArgumentError, match="max_registers"):

@@ -16,7 +16,7 @@ import os
 from ..errors import UnsupportedError
 
 # name -> module, in order of preference.
-_MODULES = {"numba": "numba_backend", "numpy": "numpy_ref", "triton": "triton_decode"}
+_MODULES = {"numba": "numba", "numpy": "numpy_ref", "triton": "triton"}
 _loaded: dict[str, object] = {}
 _failed: dict[str, str] = {}      # name -> why it does not import
 ENV = "FLOATZIP_BACKEND"

@@ -40,7 +40,7 @@ from collections.abc import Callable, Hashable
 
 import torch
 
-from ..errors import FloatzipError
+from ...errors import FloatzipError
 
 MAX_GRAPHS = 4          # per launcher: graphs for the first output buffers reused
 MAX_SEEN = 64           # keys launched once, remembered until their second use
