@@ -35,8 +35,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 import floatzip  # noqa: E402
-from floatzip.torch import onthefly  # noqa: E402
+from floatzip.torch import runtime as otf_runtime  # noqa: E402
 from floatzip.torch.testing import save_random_model  # noqa: E402
+from floatzip.torch.weights import swap_contents  # noqa: E402
 
 LAYERS = 32
 ROUNDS = 5
@@ -79,15 +80,15 @@ def main() -> int:
     rows = []
     with torch.no_grad():
         assert torch.equal(model(ids).logits, plain(ids).logits)
-        for label, swap in (("floatzip", onthefly.swap_contents),
+        # The hooks call the name runtime.py imported: swap it there.
+        for label, swap in (("floatzip", swap_contents),
                             ("swap_tensors", torch.utils.swap_tensors)):
-            saved = onthefly.swap_contents
-            onthefly.swap_contents = swap
+            otf_runtime.swap_contents = swap
             try:
                 rows.append((label, per_call_us(forward(model), 20),
                              per_call_us(hooks, 20) / len(blocks)))
             finally:
-                onthefly.swap_contents = saved
+                otf_runtime.swap_contents = swap_contents
         base = per_call_us(forward(plain), 20)
     print(f"Llama, {LAYERS} layers of hidden size 64, 4 tokens, CPU, torch "
           f"{torch.__version__}, 1 thread; decoding left out\n")

@@ -18,7 +18,7 @@ transformers = pytest.importorskip("transformers")
 
 import floatzip  # noqa: E402
 from floatzip.cli import main as cli  # noqa: E402
-from floatzip.torch import onthefly  # noqa: E402
+from floatzip.torch import block_decoders, units  # noqa: E402
 from floatzip.torch.testing import save_random_model  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -103,7 +103,7 @@ def test_on_the_fly_keeps_weights_compressed_and_tied(causal_lm):
     # Between forwards, every deferred weight is a placeholder on the meta device.
     emb, head = model.get_input_embeddings(), model.get_output_embeddings()
     assert emb.weight.device.type == "meta" and head.weight.device.type == "meta"
-    blocks = onthefly.find_block_lists(model)
+    blocks = units.find_block_lists(model)
     assert len(blocks) == 1 and len(blocks[0][1]) == 2
     assert all(p.device.type == "meta" for p in blocks[0][1].parameters())
     # Tied weights stay one Parameter, as in the reference.
@@ -273,7 +273,7 @@ def test_causal_lm_is_bit_exact_on_cuda(causal_lm, decode, monkeypatch):
     model = floatzip.load_model(packed, device="cuda", decode=decode)
     assert model.device.type == "cuda"
     if decode == "on_the_fly":
-        assert all(isinstance(u.decoder, onthefly.TritonBlockDecoder)
+        assert all(isinstance(u.decoder, block_decoders.TritonBlockDecoder)
                    for u in model.floatzip_decoder.units)
     ids, mask = (t.cuda() for t in padded_batch())
     assert_same_outputs(reference, model, ids, mask)

@@ -87,7 +87,7 @@ def test_peak_memory_embedding_rows(embedding_dirs):
     never reads the rows it does not look up. (Before: a scratch copy of the
     whole decoded table at load, and every coded page of it kept mapped in,
     ~+110 MB here.)"""
-    from floatzip.torch.onthefly import VERIFY_CHUNK_BYTES
+    from floatzip.torch.block_decoders import VERIFY_CHUNK_BYTES
     original, packed, table_bytes = embedding_dirs
     args = ("--task", "embed", "--batch", "2", "--repeat", "1")
     ref = measure(original, "original", *args)

@@ -15,8 +15,9 @@ transformers = pytest.importorskip("transformers")
 
 import floatzip  # noqa: E402
 from floatzip.cli import main as cli  # noqa: E402
-from floatzip.codecs.encoded import decode_tensor, encode_tensor  # noqa: E402
-from floatzip.torch import onthefly  # noqa: E402
+from floatzip.decode import decode_encoded_groups, decode_tensor  # noqa: E402
+from floatzip.encode import encode_tensor  # noqa: E402
+from floatzip.torch import block_decoders, units, weights  # noqa: E402
 from floatzip.torch.testing import random_model, save_random_model  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -37,22 +38,22 @@ def test_find_block_lists_is_generic():
             self.norms = torch.nn.ModuleList([torch.nn.LayerNorm(4) for _ in range(3)])
             self.empty = torch.nn.ModuleList([torch.nn.ReLU(), torch.nn.ReLU()])
 
-    found = onthefly.find_block_lists(Net())
+    found = units.find_block_lists(Net())
     # heads: mixed classes; norms: too small next to the trunk; empty: no parameters
     assert [name for name, _ in found] == ["trunk"]
 
     for arch, where in [("llama", "model.layers"), ("gpt2", "transformer.h"),
                         ("gemma", "model.layers")]:
-        assert [n for n, _ in onthefly.find_block_lists(random_model(arch))] == [where]
+        assert [n for n, _ in units.find_block_lists(random_model(arch))] == [where]
 
 
 def test_unit_modules_of_a_causal_lm():
     model = random_model("qwen2", tie=False)
-    units = onthefly.unit_modules(model)
-    assert [(k, n) for k, n, _ in units] == [
+    found = units.unit_modules(model)
+    assert [(k, n) for k, n, _ in found] == [
         ("embeddings", "model.embed_tokens"), ("block", "model.layers.0"),
         ("block", "model.layers.1"), ("head", "lm_head")]
-    names = onthefly.deferrable_parameter_names(model)
+    names = units.deferrable_parameter_names(model)
     assert "model.layers.1.mlp.up_proj.weight" in names and "lm_head.weight" in names
     assert "model.norm.weight" not in names
 
@@ -74,12 +75,12 @@ def test_decode_rows_and_group_ranges(dtype, shape):
     g = enc.geometry
     group_bytes = 32 * g.lane_symbols * itemsize
     for g0, g1 in [(0, 1), (1, 3), (g.groups - 2, g.groups), (0, g.groups)]:
-        part = onthefly.decode_group_range(enc, g0, g1).view(np.uint8)
+        part = decode_encoded_groups(enc, g0, g1).view(np.uint8)
         assert np.array_equal(part, full[g0 * group_bytes:g1 * group_bytes])
     table = full.reshape(shape[0], -1)
     for rows in ([0], [shape[0] - 1], [1, 2, 3, 40, 41, shape[0] - 2], list(range(shape[0]))):
         rows = np.array(rows, dtype=np.int64)
-        assert np.array_equal(onthefly.decode_rows(enc, rows), table[rows])
+        assert np.array_equal(block_decoders.decode_rows(enc, rows), table[rows])
 
 
 @pytest.mark.parametrize("backend", ["numpy", "numba"])
@@ -88,7 +89,7 @@ def test_decode_into_writes_the_given_buffer(backend):
     raw = (rng.standard_normal(50_000).astype(np.float32).view(np.uint32) >> 16).astype(np.uint16)
     enc = encode_tensor(raw.view(np.uint8), "BF16", (50_000,), lane_symbols=32)
     out = np.full(enc.original_bytes, 0xA5, dtype=np.uint8)      # poisoned
-    onthefly.decode_into(enc, out, backend=backend, verify=True)
+    block_decoders.decode_into(enc, out, backend=backend, verify=True)
     assert np.array_equal(out, raw.view(np.uint8))
 
 
@@ -144,27 +145,27 @@ def test_swap_contents_swaps_as_torch_does(monkeypatch):
     swap_tensors takes over (and refuses or poisons as it does)."""
     weight = torch.nn.Parameter(torch.randn(4, 4), requires_grad=False)
     value = weight.detach().clone()
-    holder = onthefly._placeholder(weight, "layer.weight")
+    holder = weights.placeholder(weight, "layer.weight")
     ids = id(weight), id(holder)
     delegated = []
     monkeypatch.setattr(torch.utils, "swap_tensors", lambda a, b: delegated.append((a, b)))
-    onthefly.swap_contents(weight, holder)          # its own path, not torch's
+    weights.swap_contents(weight, holder)          # its own path, not torch's
     assert (id(weight), id(holder)) == ids
-    assert type(weight) is onthefly.CompressedWeight and weight.is_meta
+    assert type(weight) is weights.CompressedWeight and weight.is_meta
     assert weight.__dict__ == {"_floatzip_name": "layer.weight"}
     assert type(holder) is torch.nn.Parameter and torch.equal(holder, value)
-    onthefly.swap_contents(weight, holder)
+    weights.swap_contents(weight, holder)
     assert type(weight) is torch.nn.Parameter and torch.equal(weight, value)
-    assert type(holder) is onthefly.CompressedWeight and weight.__dict__ == {}
+    assert type(holder) is weights.CompressedWeight and weight.__dict__ == {}
     assert delegated == []
 
     x = torch.ones(1, 4, requires_grad=True)
     saved = torch.nn.functional.linear(x, weight)     # autograd keeps the weight
-    onthefly.swap_contents(weight, holder)
+    weights.swap_contents(weight, holder)
     assert delegated == [(weight, holder)] and type(weight) is torch.nn.Parameter
     del saved
     watcher = weakref.ref(holder)                     # torch refuses weakly referenced tensors
-    onthefly.swap_contents(weight, holder)
+    weights.swap_contents(weight, holder)
     assert delegated[-1] == (weight, holder) and len(delegated) == 2
     del watcher
 
@@ -203,7 +204,7 @@ def test_triton_block_decoder(tmp_path, triton_device):
                                     decode=decode)
         if decode == "on_the_fly":
             runtime = model.floatzip_decoder
-            assert all(isinstance(u.decoder, onthefly.TritonBlockDecoder) for u in runtime.units)
+            assert all(isinstance(u.decoder, block_decoders.TritonBlockDecoder) for u in runtime.units)
             assert not runtime.prefetch and runtime.slots == 0
         with torch.inference_mode():
             assert torch.equal(model(ids).logits, reference(ids).logits)

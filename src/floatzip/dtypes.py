@@ -91,3 +91,50 @@ def numpy_dtype(dtype: str, path: str = "", name: str = "") -> np.dtype:
             f"{path}: tensor {name!r}: NumPy has no {dtype} dtype; use framework='pt' "
             "or get_bytes() for the raw bytes")
     return np.dtype(_NUMPY_DTYPES[dtype])
+
+
+# The torch dtype of each safetensors dtype, by its name in torch
+# (``torch.<name>``), so that this module imports no torch. Older torch
+# builds lack some of them (the unsigned ints, F8_E8M0).
+TORCH_DTYPE_NAMES = {
+    "BOOL": "bool", "U8": "uint8", "I8": "int8", "I16": "int16", "I32": "int32",
+    "I64": "int64", "F16": "float16", "BF16": "bfloat16", "F32": "float32",
+    "F64": "float64", "C64": "complex64", "F8_E4M3": "float8_e4m3fn",
+    "F8_E5M2": "float8_e5m2", "U16": "uint16", "U32": "uint32", "U64": "uint64",
+    "F8_E8M0": "float8_e8m0fnu",
+}
+
+
+def torch_dtypes() -> dict:
+    """safetensors dtype -> torch.dtype, for the dtypes this torch has.
+    Imports torch, so only code that uses torch calls it."""
+    import torch
+    return {dtype: getattr(torch, name) for dtype, name in TORCH_DTYPE_NAMES.items()
+            if hasattr(torch, name)}
+
+
+def torch_dtype(dtype: str):
+    """The torch dtype of a safetensors dtype; UnsupportedError if this
+    torch has none. Imports torch."""
+    import torch
+    try:
+        return getattr(torch, TORCH_DTYPE_NAMES[dtype])
+    except (KeyError, AttributeError):
+        from .errors import UnsupportedError
+        raise UnsupportedError(f"this torch ({torch.__version__}) has no dtype for safetensors "
+                               f"{dtype}; read it with framework='np', or upgrade torch") from None
+
+
+def bytes_to_torch(data: np.ndarray, dtype: str, shape, device="cpu"):
+    """A torch tensor over the given little-endian bytes (copied when they
+    are read-only, since torch cannot wrap read-only memory). Imports torch;
+    here, below every layer, so that safe_open and the torch integration
+    share it."""
+    import torch
+    if np.asarray(data).size == 0:      # torch views no empty array as another dtype
+        return torch.empty(tuple(shape), dtype=torch_dtype(dtype), device=device)
+    array = np.asarray(data, dtype=np.uint8)
+    if not array.flags.writeable:
+        array = array.copy()
+    t = torch.from_numpy(array).view(torch_dtype(dtype)).reshape(tuple(shape))
+    return t if str(device) == "cpu" else t.to(device)

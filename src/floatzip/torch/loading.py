@@ -9,7 +9,7 @@ bit-identical.
 
 With ``decode="on_the_fly"`` the weights of the repeated blocks and of the
 input/output embeddings are not decoded at load: their lazy tensors yield
-meta placeholders, and :mod:`floatzip.torch.onthefly` decodes them just
+meta placeholders, and :mod:`floatzip.torch.runtime` decodes them just
 before each use. Everything else (norms, biases outside blocks, position
 embeddings, buffers) is decoded once at load.
 
@@ -30,12 +30,17 @@ import numpy as np
 import torch
 import xxhash
 
-from ..codecs.encoded import EncodedTensor, decode_tensor
+from .. import backends
+from ..codecs.encoded import EncodedTensor
+from ..decode import decode_tensor
 from ..directory import MANIFEST, inspect_directory
 from ..errors import CorruptDataError, FormatError, UnsupportedError
 from ..format.container import FloatzipFile
 from ..io_utils import resolve_workers
+from . import runtime
+from .block_decoders import block_backend, decodes_on_device
 from .dtypes import bytes_to_torch, torch_dtype
+from .units import deferrable_parameter_names
 
 CONFIG = "config.json"
 SINGLE_FILE = "model.safetensors"
@@ -218,17 +223,31 @@ def release_pages(array) -> None:
         libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), _MADV_DONTNEED)
 
 
-def decode_on_device(sources: list[SourceTensor], device: torch.device) -> dict[str, torch.Tensor]:
+def load_backend(backend, device: torch.device):
+    """The back end that decodes the tensors decoded at load, as
+    ``floatzip.backends.select`` picks it: one that decodes on ``device``
+    itself if there is one (only the coded bytes then cross the bus), else
+    one that decodes on the CPU (the tensors are then copied over).
+    UnsupportedError, naming what works, if neither can."""
+    if device.type != "cpu":
+        try:
+            return backends.select(backend, device=device.type)
+        except UnsupportedError:
+            pass
+    return backends.select(backend, device="cpu")
+
+
+def decode_on_device(sources: list[SourceTensor], device: torch.device,
+                     impl) -> dict[str, torch.Tensor]:
     """Tensors decoded by the Triton kernel where they will live (only the
     coded bytes cross the bus), one launch each, on this thread: Triton
     launches on the current device and stream, which transformers' loading
-    threads would not share."""
-    from .onthefly import _triton_module
-    td = _triton_module()
+    threads would not share. ``impl``: the back end :func:`load_backend`
+    returned, one that decodes on the device."""
     out, coded = {}, []
     with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
         for src in sources:
-            c = td.DeviceCodedTensor(src.encoded, device, name=src.key)
+            c = impl.DeviceCodedTensor(src.encoded, device, name=src.key)
             out[src.key] = c.decode()
             coded.append(c)
         for c in coded:         # one wait for the device, then the lane-end checks
@@ -457,7 +476,7 @@ def load_model(path, device="cpu", model_class=None, decode: str = "on_the_fly",
                  the first of config.json's ``architectures``
     decode       "on_the_fly": the repeated blocks and the embeddings stay
                  compressed in memory and are decoded just before they run
-                 (see floatzip.torch.onthefly); "at_load": decode everything
+                 (see floatzip.torch.runtime); "at_load": decode everything
                  now into an ordinary model
     dtype        like from_pretrained's: None/"auto" = the config's dtype,
                  else the checkpoint's
@@ -484,17 +503,17 @@ def load_model(path, device="cpu", model_class=None, decode: str = "on_the_fly",
     if on_the_fly and dev.type not in ("cpu", "cuda"):
         raise UnsupportedError(f"decode='on_the_fly' runs on 'cpu' or 'cuda', not {dev.type!r}; "
                                "use decode='at_load'")
-    if on_the_fly and dev.type == "cuda":
-        from . import onthefly
-        onthefly.check_cuda_decoder()       # fail before anything is built
+    # Back ends chosen before anything is built, so that one that cannot
+    # serve fails now.
+    block_impl = _on_the_fly_backend(backend, dev) if on_the_fly else None
+    load_impl = load_backend(backend, dev)
 
     skeleton = build_meta_skeleton(cls, config, dtype)
     mapping = map_checkpoint_keys(skeleton, checkpoint.tensors)
     check_shapes(checkpoint, mapping, skeleton, os.path.join(directory, CONFIG))
     deferred_targets: dict[str, SourceTensor] = {}
     if on_the_fly:
-        from . import onthefly
-        unit_names = onthefly.deferrable_parameter_names(skeleton)
+        unit_names = deferrable_parameter_names(skeleton)
         for key, (target, converted) in mapping.items():
             src = checkpoint.tensors[key]
             if target in unit_names and not converted and src.is_float:
@@ -502,15 +521,15 @@ def load_model(path, device="cpu", model_class=None, decode: str = "on_the_fly",
     deferred_keys = {src.key for src in deferred_targets.values()}
     del skeleton
 
-    if backend == "triton" or (dev.type == "cuda" and backend is None and _has_triton()):
+    if decodes_on_device(load_impl):
         on_device = decode_on_device([src for key, src in checkpoint.tensors.items()
-                                      if key not in deferred_keys], dev)
+                                      if key not in deferred_keys], dev, load_impl)
 
         def decode_fn(src):
             return on_device.pop(src.key)
     else:
         def decode_fn(src):
-            tensor = decode_source(src, backend=backend, workers=workers)
+            tensor = decode_source(src, backend=load_impl.name, workers=workers)
             if not on_the_fly:
                 release_pages(src.encoded.payload)
                 release_pages(src.encoded.raw)
@@ -528,19 +547,27 @@ def load_model(path, device="cpu", model_class=None, decode: str = "on_the_fly",
     model.config._name_or_path = directory
     model.eval()
     if on_the_fly:
-        from . import onthefly
-        onthefly.attach(model, deferred_targets, checkpoint, device=dev, prefetch=prefetch,
-                        backend=backend, workers=workers)
+        runtime.attach(model, deferred_targets, checkpoint, device=dev, prefetch=prefetch,
+                       backend=block_impl.name, workers=workers)
     return model
 
 
-def _has_triton() -> bool:
-    from .onthefly import _triton_module
+def _on_the_fly_backend(backend, dev: torch.device):
+    """The back end the block decoders will use on ``dev``; where none
+    decodes there but one decodes on the CPU, the error says that
+    decode='at_load' works."""
     try:
-        _triton_module()
-    except UnsupportedError:
-        return False
-    return True
+        return block_backend(backend, dev)
+    except UnsupportedError as exc:
+        if dev.type == "cpu":
+            raise
+        try:
+            backends.select(backend, device="cpu")
+        except UnsupportedError:
+            raise exc from None
+        raise UnsupportedError(f"decode='on_the_fly' on {dev.type}: {exc}; or use "
+                               "decode='at_load' to decode on the CPU and run on the "
+                               "GPU") from None
 
 
 def _generation_config(directory: str):

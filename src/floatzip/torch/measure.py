@@ -72,8 +72,9 @@ def _warm_up_decoder() -> None:
 
     import numpy as np
 
-    from floatzip.codecs.encoded import decode_tensor, encode_tensor
-    from floatzip.torch.onthefly import decode_into, decode_rows
+    from floatzip.decode import decode_tensor
+    from floatzip.encode import encode_tensor
+    from floatzip.torch.block_decoders import decode_into, decode_rows
     bits = (np.arange(4096, dtype=np.uint16) % 64 + 0x3C00).view(np.uint8)
     enc = encode_tensor(bits, "BF16", (64, 64), lane_symbols=16)
     decode_tensor(enc)

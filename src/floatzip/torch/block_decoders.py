@@ -1,0 +1,285 @@
+"""Decoders of one unit's weights (see :mod:`.units`) into a flat byte buffer.
+
+A :class:`BlockDecoder` writes a unit's decoded weights into a flat uint8
+buffer (a "slot", which the runtime owns and reuses), each tensor at a fixed
+offset. :func:`make_block_decoder` asks ``floatzip.backends.select`` for the
+back end that decodes on the model's device (the one named, else the one
+$FLOATZIP_BACKEND names, else the fastest that can; or an UnsupportedError
+naming one that works) and builds the decoder that runs it:
+
+* :class:`CpuBlockDecoder`, for a back end that decodes into host memory
+  (numba, which releases the GIL, or numpy): tensor after tensor, each at a
+  64-byte aligned offset.
+* :class:`TritonBlockDecoder`, for one that decodes where the model runs
+  (the Triton back end: on CUDA, or on the CPU under TRITON_INTERPRET=1, for
+  tests): it keeps the coded weights on the device and decodes a whole unit
+  with one launch of the back end's kernels, on the current stream, with no
+  host synchronisation; from a unit's second decode into the same buffer
+  on, that launch is a replayed CUDA graph (``launch="graph"``), which
+  spares eager generation Triton's per-launch host time.
+
+Input embeddings (an ``nn.Embedding``) decode only the rows a forward looks
+up (:class:`EmbeddingRows`): the groups of the coded table that hold them, a
+few KB for a generated token instead of the whole table. A checksum cannot
+cover part of a tensor, so such a table is checked whole at load
+(:func:`verify_whole`).
+"""
+from __future__ import annotations
+
+import contextlib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .. import backends
+from ..codecs.encoded import CODEC_RAW, EncodedTensor, checksum
+from ..decode import decode_encoded_groups
+from ..decode import StreamDecoder
+from ..dtypes import FLOAT_LAYOUTS
+from ..errors import CorruptDataError, FormatError, UnsupportedError
+from .dtypes import bytes_to_torch
+
+ALIGN = 64      # what torch's CPU allocator guarantees; kernels may pick paths by alignment
+
+
+@dataclass
+class Placement:
+    """Where one tensor's decoded bytes go inside a unit's buffer."""
+    source: object                  # loading.SourceTensor
+    dtype: torch.dtype              # the parameter's dtype (transformers may cast)
+    shape: tuple[int, ...]
+    offset: int
+    nbytes: int
+
+
+def layout(sources_and_params) -> list[Placement]:
+    """Placements for (source, parameter) pairs, each at an ALIGN-aligned
+    offset (the CPU decoder's layout; the Triton one lays out its own)."""
+    out, offset = [], 0
+    for src, param in sources_and_params:
+        nbytes = param.numel() * param.element_size()
+        out.append(Placement(src, param.dtype, tuple(param.shape), offset, nbytes))
+        offset += -(-nbytes // ALIGN) * ALIGN
+    return out
+
+
+class BlockDecoder(ABC):
+    """Decodes the weights of one unit into a flat uint8 buffer ("slot")
+    that the runtime owns and reuses."""
+
+    #: bytes of buffer :meth:`decode` needs
+    nbytes: int
+
+    def __init__(self, placements: list[Placement]):
+        self.placements = placements
+
+    @abstractmethod
+    def decode(self, buffer: torch.Tensor) -> list[torch.Tensor]:
+        """Decode every tensor of the unit into ``buffer`` (uint8, at least
+        ``nbytes`` long, on the decoder's device) and return them, in the
+        order of ``placements``, with the parameters' dtypes and shapes."""
+
+
+# -- which back end ----------------------------------------------------------------
+
+def decodes_on_device(impl) -> bool:
+    """Whether back end ``impl`` (a module ``floatzip.backends.select``
+    returned) decodes into torch tensors where the model runs (the Triton
+    one: its DeviceBlockDecoder and DeviceCodedTensor) rather than into
+    host arrays."""
+    return hasattr(impl, "DeviceBlockDecoder")
+
+
+def block_backend(backend, device: torch.device):
+    """The back end that decodes units for a model on ``device``:
+    ``floatzip.backends.select(backend, device=device.type)``, checked to
+    have what :class:`TritonBlockDecoder` uses when it decodes on the
+    device. UnsupportedError, naming what works, if there is none."""
+    impl = backends.select(backend, device=device.type)
+    if decodes_on_device(impl) and not hasattr(impl.DeviceBlockDecoder, "from_encoded"):
+        raise UnsupportedError(f"{impl.__name__} has no DeviceBlockDecoder.from_encoded; this "
+                               "floatzip's on-the-fly device path does not match it; use "
+                               "decode='at_load'")
+    return impl
+
+
+def make_block_decoder(placements, device: torch.device, backend=None,
+                       workers: int = 1) -> BlockDecoder:
+    """The block decoder for a device, with the back end
+    :func:`block_backend` picks: Triton kernels on CUDA (or on the CPU under
+    TRITON_INTERPRET=1 with backend="triton", for tests), the coding back
+    end's ``decode`` on the CPU."""
+    impl = block_backend(backend, device)
+    if decodes_on_device(impl):
+        return TritonBlockDecoder(placements, device, impl)
+    return CpuBlockDecoder(placements, backend=impl.name, workers=workers)
+
+
+# -- decoding on the CPU ---------------------------------------------------------------
+
+def decode_into(enc: EncodedTensor, out: np.ndarray, *, backend=None, workers: int = 1,
+                verify: bool = True, where: str = "") -> None:
+    """Decode ``enc`` into ``out`` (uint8, exactly its original size)."""
+    if enc.codec == CODEC_RAW:
+        np.copyto(out, np.asarray(enc.raw, dtype=np.uint8))
+    else:
+        impl = backends.select(backend, device="cpu")
+        storage = FLOAT_LAYOUTS[enc.dtype].storage
+        args = (enc.geometry, enc.counts, enc.lane_sizes, enc.payload, enc.raw, storage)
+        try:
+            impl.decode(*args, workers=workers, out=out.view(storage))
+        except CorruptDataError as exc:
+            raise CorruptDataError(f"{where}: {exc}") from None
+    if verify and checksum(out) != enc.checksum:
+        raise CorruptDataError(f"{where}: decoded bytes fail their xxh3-64 checksum "
+                               f"(expected {enc.checksum:016x}, got {checksum(out):016x})")
+
+
+def decode_rows(enc: EncodedTensor, rows: np.ndarray, *, backend=None,
+                workers: int = 1) -> np.ndarray:
+    """Rows ``rows`` (sorted, unique) of a 2-D tensor, as a uint8 array
+    [len(rows), row bytes], decoding only the groups they touch."""
+    n_rows, width = enc.shape
+    itemsize = enc.original_bytes // max(enc.count, 1)
+    out = np.empty((len(rows), width * itemsize), dtype=np.uint8)
+    if enc.codec == CODEC_RAW:
+        table = np.asarray(enc.raw, dtype=np.uint8).reshape(n_rows, width * itemsize)
+        np.take(table, rows, axis=0, out=out)
+        return out
+    group = 32 * enc.geometry.lane_symbols
+    first = rows * width // group                   # group of each row's first value
+    last = ((rows + 1) * width - 1) // group
+    # Runs of consecutive groups, each decoded with one back-end call.
+    i = 0
+    while i < len(rows):
+        g0, g1, j = int(first[i]), int(last[i]) + 1, i + 1
+        while j < len(rows) and first[j] <= g1:
+            g1 = max(g1, int(last[j]) + 1)
+            j += 1
+        values = decode_encoded_groups(enc, g0, g1, backend=backend, workers=workers).view(np.uint8)
+        base = g0 * group * itemsize
+        for k in range(i, j):
+            at = int(rows[k]) * width * itemsize - base
+            out[k] = values[at:at + width * itemsize]
+        i = j
+    return out
+
+
+class EmbeddingRows:
+    """For an input-embedding unit: decode only the rows a forward looks
+    up. The pre-hook hands the module a table of just those rows and the
+    token ids renumbered into it; the lookup returns the same values."""
+
+    def __init__(self, placement: Placement, *, backend=None, workers: int = 1):
+        self.placement = placement
+        self.backend, self.workers = backend, workers
+
+    def lookup(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(table of the rows ``ids`` use, ids renumbered into it), or None
+        if ids are out of range (the full table then lets the module raise
+        its usual error)."""
+        pl = self.placement
+        unique, inverse = torch.unique(ids, sorted=True, return_inverse=True)
+        if unique.numel() == 0 or int(unique[0]) < 0 or int(unique[-1]) >= pl.shape[0]:
+            return None
+        src = pl.source
+        rows = decode_rows(src.encoded, unique.numpy().astype(np.int64), backend=self.backend,
+                           workers=self.workers)
+        table = bytes_to_torch(rows, src.dtype, (len(rows), pl.shape[1]))
+        if table.dtype != pl.dtype:
+            table = table.to(pl.dtype)
+        return table, inverse.reshape(ids.shape)
+
+
+class CpuBlockDecoder(BlockDecoder):
+    """Decodes with the coding back end (numba by default), tensor after
+    tensor, each with ``workers`` threads, at ALIGN-aligned offsets.
+    Checksums are checked the first time each tensor is decoded; after that
+    the same bytes are decoded from the same memory."""
+
+    def __init__(self, placements, *, backend=None, workers: int = 1):
+        super().__init__(placements)
+        self.nbytes = max((pl.offset + pl.nbytes for pl in placements), default=0)
+        self.backend, self.workers = backend, workers
+        self._verified = False
+
+    def decode(self, buffer: torch.Tensor, workers: int | None = None) -> list[torch.Tensor]:
+        workers = workers or self.workers
+        flat = buffer.numpy()
+        views = []
+        for pl in self.placements:
+            src = pl.source
+            dst = flat[pl.offset:pl.offset + pl.nbytes]
+            view = buffer[pl.offset:pl.offset + pl.nbytes].view(pl.dtype).view(pl.shape)
+            if src.torch_dtype == pl.dtype:
+                decode_into(src.encoded, dst, backend=self.backend, workers=workers,
+                            verify=not self._verified, where=src.where())
+            else:           # transformers cast it (dtype plan, or another dtype asked for)
+                tmp = np.empty(src.encoded.original_bytes, dtype=np.uint8)
+                decode_into(src.encoded, tmp, backend=self.backend, workers=workers,
+                            verify=not self._verified, where=src.where())
+                view.copy_(bytes_to_torch(tmp, src.dtype, src.shape))
+            views.append(view)
+        self._verified = True
+        return views
+
+
+# Original bytes decoded per step when a tensor is checked whole at load:
+# the check keeps nothing, so a few MB bound its memory whatever the size of
+# the tensor (a Llama-3 embedding is 1 GB). No slower than one whole decode,
+# which faults in a fresh buffer: 28 ms against 31 for a 65 MB table, 1 thread.
+VERIFY_CHUNK_BYTES = 4 << 20
+
+
+def verify_whole(src, backend=None, workers: int = 1) -> None:
+    """Check a tensor against its checksum before any part of it is used
+    (row lookups decode parts of it, which a checksum cannot cover); done
+    at load. It is streamed through reads of the file (decode.StreamDecoder,
+    VERIFY_CHUNK_BYTES at a time), not through the memory map: the map's
+    pages would stay resident after it, the whole coded tensor, where a
+    forward then touches only the groups of the rows it looks up.
+    CorruptDataError naming the file and the tensor if it fails."""
+    fz = src.file
+    try:
+        with open(fz.opened_path, "rb", buffering=0) as f:
+            stream = StreamDecoder(fz, f.fileno(), backend=backend, workers=workers,
+                                   chunk_bytes=VERIFY_CHUNK_BYTES)
+            for _ in stream.chunks(src.key):
+                pass
+    except OSError as exc:
+        raise FormatError(f"{src.where()}: cannot read it ({exc.strerror or exc})") from None
+
+
+# -- decoding on the device ------------------------------------------------------------
+
+class TritonBlockDecoder(BlockDecoder):
+    """Keeps a unit's coded weights in device memory and decodes all of them
+    with one launch of the Triton kernel, on the current stream, into the
+    given buffer: no host synchronisation, and reuse of the buffer is ordered
+    by the stream. The first decode of each unit waits for the device once
+    to check that every lane ended where it should (GPU decoding has no
+    checksum; the CPU path verifies those). ``impl``: the back end module
+    :func:`block_backend` returned for ``device``."""
+
+    def __init__(self, placements, device: torch.device, impl):
+        super().__init__(placements)
+        for pl in placements:
+            if pl.source.torch_dtype != pl.dtype:
+                raise UnsupportedError(f"{pl.source.where()}: stored as {pl.source.dtype} but the "
+                                       f"model wants {pl.dtype}; on-the-fly GPU decoding does not "
+                                       "cast; load with the checkpoint's dtype or decode='at_load'")
+        self._decoder = impl.DeviceBlockDecoder.from_encoded(
+            [pl.source.encoded for pl in placements], device,
+            names=[pl.source.key for pl in placements])
+        self.nbytes = self._decoder.out_nbytes
+        self._checked = False
+
+    def decode(self, buffer: torch.Tensor) -> list[torch.Tensor]:
+        with torch.cuda.device(buffer.device) if buffer.is_cuda else contextlib.nullcontext():
+            views = self._decoder.decode(buffer[:self.nbytes])
+            if not self._checked:
+                self._decoder.check()
+                self._checked = True
+        return views
