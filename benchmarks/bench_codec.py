@@ -37,7 +37,8 @@ import numpy as np
 
 import floatzip
 from floatzip import backends, stats
-from floatzip.codecs.encoded import decode_tensor, encode_tensor
+from floatzip.decode import decode_tensor
+from floatzip.encode import encode_tensor
 from floatzip.dtypes import FLOAT_LAYOUTS, ITEMSIZE
 from floatzip.format import container
 

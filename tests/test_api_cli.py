@@ -329,12 +329,25 @@ def test_symlinked_directories_are_followed_and_loops_refused(tmp_path, rng):
     with pytest.raises(floatzip.FormatError, match="loops back"):
         floatzip.compress(src, tmp_path / "packed3")
     assert not (tmp_path / "packed3").exists()
-    # A compressed directory holds no links: one leading out of it (a file
-    # it would copy into the output) is refused.
+    # Links out of a compressed directory are followed (the Hugging Face
+    # cache is a tree of links into blobs/) and what they lead to is checked
+    # against the manifest; a link out that the manifest does not list is
+    # not part of the model: not copied (what it leads to is vouched for by
+    # nothing), and no error.
     (packed / "secret").symlink_to(tmp_path / "elsewhere" / "merges.txt")
-    with pytest.raises(floatzip.FormatError, match="symbolic link out of"):
-        floatzip.decompress(packed, tmp_path / "restored2")
-    assert not (tmp_path / "restored2").exists()
+    floatzip.decompress(packed, tmp_path / "restored2")
+    assert not (tmp_path / "restored2" / "secret").exists()
+    assert floatzip.check(packed).ok
+    (packed / "linked" / "merges.txt").unlink()
+    (packed / "linked" / "merges.txt").symlink_to(tmp_path / "elsewhere" / "merges.txt")
+    floatzip.decompress(packed, tmp_path / "restored3")     # the same bytes, behind a link
+    assert (tmp_path / "restored3" / "linked" / "merges.txt").read_text() == "a b\n"
+    (tmp_path / "other.txt").write_text("a c\n")
+    (packed / "linked" / "merges.txt").unlink()
+    (packed / "linked" / "merges.txt").symlink_to(tmp_path / "other.txt")
+    with pytest.raises(floatzip.CorruptDataError, match="merges.txt"):
+        floatzip.decompress(packed, tmp_path / "restored4")
+    assert not floatzip.check(packed).ok
 
 
 def test_directory_without_safetensors_is_refused(tmp_path):
@@ -428,3 +441,51 @@ def test_unknown_dtype_is_refused_clearly(tmp_path):
     bad.write_bytes(len(header).to_bytes(8, "little") + header + b"\x12\x34")
     code, out, err = run_cli("compress", bad, tmp_path / "o")
     assert code == 2 and "unknown dtype 'F3'" in err and "'w'" in err and "Traceback" not in err
+
+
+def test_force_never_replaces_a_device(small_checkpoint, tmp_path):
+    # --force replaced /dev/null (as root) with a regular file.
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for output in ("/dev/null", fifo):
+        code, out, err = run_cli("compress", "-f", small_checkpoint, output)
+        assert code == 2 and "not a regular file" in err and "Traceback" not in err
+    assert os.path.exists("/dev/null") and not os.path.isfile("/dev/null")
+
+
+def test_sigterm_removes_temporaries_and_keeps_the_output(tmp_path, rng):
+    # timeout and Slurm send SIGTERM: it left a hidden temporary behind.
+    src = write_safetensors(tmp_path / "big.safetensors", [
+        ("w", "BF16", [4096, 8192], bf16_bits(rng.standard_normal((4096, 8192)) * 0.02))])
+    out = tmp_path / "out.fz"
+    out.write_bytes(b"old")
+    proc = subprocess.Popen([sys.executable, "-m", "floatzip", "compress", "-f", "-q",
+                             str(src), str(out)], stderr=subprocess.PIPE)
+    while not [p for p in os.listdir(tmp_path) if p.startswith(".out.fz")]:
+        assert proc.poll() is None, proc.stderr.read()
+    proc.terminate()
+    assert proc.wait() == 143 and b"terminated" in proc.stderr.read()
+    proc.stderr.close()
+    assert sorted(os.listdir(tmp_path)) == ["big.safetensors", "out.fz"]
+    assert out.read_bytes() == b"old"
+
+
+@pytest.mark.parametrize("header", [
+    b'{"a\\ud800b":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}}',         # lone surrogate
+    b'{"__metadata__":{"k":"v"},"x":' + b"[" * 100_000 + b"]" * 100_000 + b"}",  # deep
+    b'{"w":{"dtype":"U8","shape":[' + b"9" * 5000 + b'],"data_offsets":[0,1]}}',  # huge int
+])
+def test_headers_safetensors_refuses_are_errors_not_tracebacks(tmp_path, header):
+    path = tmp_path / "odd.safetensors"
+    header += b" " * (-len(header) % 8)
+    path.write_bytes(len(header).to_bytes(8, "little") + header + b"\0")
+    code, out, err = run_cli("compress", path, tmp_path / "o.fz")
+    assert code == 2 and str(path) in err and "Traceback" not in err
+
+
+def test_verify_of_a_truncated_file_says_why(small_checkpoint, tmp_path):
+    packed = tmp_path / "m.fz"
+    floatzip.compress(small_checkpoint, packed)
+    packed.write_bytes(packed.read_bytes()[:-100])
+    result = floatzip.verify(small_checkpoint, packed)
+    assert not result.ok and "truncated" in result.problems[0]

@@ -6,7 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from floatzip.codecs import tans
-from floatzip.codecs.encoded import decode_tensor, encode_tensor
+from floatzip.decode import decode_tensor
+from floatzip.encode import encode_tensor
 from floatzip.codecs.layout import LANES, lane_symbol_counts
 from floatzip.dtypes import FLOAT_LAYOUTS
 

@@ -429,3 +429,18 @@ def test_a_failed_job_leaves_nothing_and_names_the_output(tmp_path, rng, monkeyp
         floatzip.compress(src, packed)
     assert info.value.filename == str(packed / "config.json")
     assert sorted(os.listdir(tmp_path)) == ["model"]
+
+
+@pytest.mark.parametrize("kind", ["fifo", "broken link"])
+def test_odd_files_in_a_directory_are_named_not_waited_on(tmp_path, rng, kind):
+    # A FIFO made compress wait forever; a broken link read "no such file".
+    src = make_model_dir(tmp_path / "model", rng)
+    odd = src / "odd"
+    if kind == "fifo":
+        os.mkfifo(odd)
+    else:
+        odd.symlink_to(tmp_path / "gone")
+    words = "not a regular file" if kind == "fifo" else "broken symbolic link"
+    with pytest.raises(floatzip.FormatError, match=f"{odd}: .*{words}"):
+        floatzip.compress(src, tmp_path / "packed")
+    assert not (tmp_path / "packed").exists()

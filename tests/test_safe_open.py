@@ -2,6 +2,8 @@
 original file read by safetensors and the compressed one by floatzip, side by
 side: names, metadata, whole tensors and slices (values, and which indices are
 errors), errors, closing, for torch and NumPy; and checksums on partial reads."""
+import os
+
 import numpy as np
 import pytest
 import safetensors
@@ -426,3 +428,13 @@ def test_a_damaged_floatzip_key_is_no_plain_file(files, tmp_path, key, changed):
     assert not floatzip.check(damaged).ok
     with pytest.raises(floatzip.FormatError):
         floatzip.decompress(damaged, tmp_path / "out")
+
+
+def test_reading_after_a_change_of_directory(files, tmp_path, monkeypatch):
+    # The reader opened its file by the path given, again at each read.
+    _, packed = files
+    monkeypatch.chdir(os.path.dirname(packed))
+    with floatzip.safe_open(os.path.basename(packed), framework="np") as f:
+        monkeypatch.chdir(tmp_path.parent)
+        name = f.keys()[0]
+        assert f.get_slice(name)[0:1].shape[0] == 1 and f.get_tensor(name) is not None

@@ -17,7 +17,6 @@ from .directory import (
     check_directory,
     compress_directory,
     decompress_directory,
-    is_floatzip,
     safetensors_kind,
     verify_directory,
 )
@@ -84,12 +83,25 @@ def decompress_file(src, dst, *, workers=None, backend=None, progress=False,
         with BackgroundWriter(out.fileno()) as writer:
             writer.write(len(source.raw).to_bytes(8, "little") + source.raw)
             for name in source.tensors:      # in data-offset order: the output is sequential
-                for piece in decoder.chunks(name):
+                for piece in _moving(bar, fz.tensors[name], decoder.chunks(name)):
                     writer.write(piece)
-                bar.advance(fz.tensors[name].blob_bytes)
         bar.advance(fz.header.data_start)
     return {"original_bytes": os.path.getsize(dst), "compressed_bytes": os.path.getsize(src),
             "tensors": len(source.tensors)}
+
+
+def _moving(bar: Progress, stored, pieces):
+    """The pieces of one tensor, moving the bar through its blob's bytes
+    (the job's unit) as its decoded bytes come: a file of one large tensor
+    moves as it goes, not at the end."""
+    total, done, moved = max(stored.source.nbytes, 1), 0, 0
+    for piece in pieces:
+        yield piece
+        done += piece.size
+        target = stored.blob_bytes * done // total
+        bar.advance(target - moved)
+        moved = target
+    bar.advance(stored.blob_bytes - moved)
 
 
 # -- directories ---------------------------------------------------------------
@@ -97,6 +109,10 @@ def decompress_file(src, dst, *, workers=None, backend=None, progress=False,
 def _check_output(src: str, dst: str, overwrite: bool) -> None:
     if os.path.exists(src) and os.path.exists(dst) and os.path.samefile(src, dst):
         raise FormatError(f"{dst}: is the input itself; choose another output")
+    if os.path.exists(dst) and not (os.path.isfile(dst) or os.path.isdir(dst)):
+        # --force would replace a device (/dev/null, say) with a regular file.
+        raise FormatError(f"{dst}: is not a regular file or directory; floatzip writes "
+                          "regular files only (to write elsewhere, write a file and copy it)")
     if os.path.lexists(dst) and not overwrite:
         raise OutputExistsError(f"{dst}: already exists; pass overwrite=True (CLI: --force) "
                                 "to replace it")
@@ -145,9 +161,16 @@ def verify(original, compressed, *, workers=None, backend=None, progress=False) 
     if os.path.isdir(original) or os.path.isdir(compressed):
         return verify_directory(original, compressed, _verify_file, workers=workers,
                                 backend=backend, progress=progress)
-    if not is_floatzip(compressed):
+    kind = safetensors_kind(compressed)
+    if kind != "floatzip":
         same = _same_file_bytes(original, compressed)
-        return VerifyResult(same, [] if same else [f"{compressed}: differs from {original}"])
+        why = ""
+        if not same and kind is None:   # a damaged floatzip file, perhaps: say what is wrong
+            try:
+                container.FloatzipFile(compressed)
+            except FloatzipError as exc:
+                why = f" (read as a floatzip file: {exc})"
+        return VerifyResult(same, [] if same else [f"{compressed}: differs from {original}{why}"])
     return _verify_file(original, compressed, workers=workers, backend=backend,
                         progress=progress)
 
@@ -174,7 +197,7 @@ def _verify_file(original: str, compressed: str, *, workers, backend,
             for name, entry in fz.source.tensors.items():
                 offset = fz.source.data_start + entry.begin
                 same = True
-                for piece in decoder.chunks(name):
+                for piece in _moving(bar, fz.tensors[name], decoder.chunks(name)):
                     if want is None or want.size < piece.size:
                         want = np.empty(piece.size, dtype=np.uint8)
                     pread_exact(fd, want[:piece.size], offset, original)
@@ -182,7 +205,6 @@ def _verify_file(original: str, compressed: str, *, workers, backend,
                     offset += piece.size
                 if not same:        # the tensor was decoded to its end: its checksum held
                     return VerifyResult(False, [f"{compressed}: tensor {name!r} differs from {original}"])
-                bar.advance(fz.tensors[name].blob_bytes)
     except FloatzipError as exc:
         return VerifyResult(False, [str(exc)])
     return VerifyResult(True, [])
@@ -222,9 +244,8 @@ def _check_file(path: str, *, workers, backend, progress=False) -> VerifyResult:
                 _job_progress(progress, os.path.getsize(path), os.path.basename(path)) as bar:
             decoder = StreamDecoder(fz, f.fileno(), backend=backend, workers=workers)
             for name in fz.source.tensors:
-                for _ in decoder.chunks(name):
+                for _ in _moving(bar, fz.tensors[name], decoder.chunks(name)):
                     pass
-                bar.advance(fz.tensors[name].blob_bytes)
     except UnsupportedError:
         raise
     except FloatzipError as exc:

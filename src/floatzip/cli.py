@@ -5,6 +5,7 @@ import argparse
 import os
 import signal
 import sys
+import threading
 import time
 
 from .codecs.model import DEFAULT_LANE_SYMBOLS
@@ -252,8 +253,19 @@ def _reader_went_away() -> int:
     return 128 + signal.SIGPIPE
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (timeout, Slurm, kill) unwinds as Ctrl-C does, so that
+    temporaries are removed and an existing output is left as it was."""
+
+
+def _terminated(signum, frame):
+    raise _Terminated
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminated)
     try:
         return args.func(args)
     except BrokenPipeError:
@@ -271,6 +283,9 @@ def main(argv=None) -> int:
         where = f"{exc.filename}: " if exc.filename else ""
         print(f"floatzip: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
+    except _Terminated:
+        print("floatzip: terminated", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         print("floatzip: interrupted", file=sys.stderr)
         return 130

@@ -3,6 +3,7 @@ with bounded memory; the one place that wraps a decoder's error with the
 file and the tensor it is about."""
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 
 import numpy as np
@@ -10,8 +11,9 @@ import xxhash
 
 from . import backends
 from .codecs import registry
-from .codecs.encoded import CODEC_RAW, CODEC_TANS, checksum
+from .codecs.encoded import CODEC_RAW, CODEC_TANS, EncodedTensor, checksum
 from .codecs.layout import LANES
+from .dtypes import FLOAT_LAYOUTS
 from .errors import CorruptDataError
 from .format import container
 
@@ -61,7 +63,7 @@ def check_stored(fz: container.FloatzipFile, name: str, *, backend=None, workers
     """Decode one stored tensor and check it against its checksum, keeping
     nothing (memory stays near :data:`CHUNK_BYTES` whatever its size);
     CorruptDataError (naming the file and tensor) if it fails."""
-    with open(fz.path, "rb", buffering=0) as f:
+    with open(fz.opened_path, "rb", buffering=0) as f:
         for _ in StreamDecoder(fz, f.fileno(), backend=backend, workers=workers).chunks(name):
             pass
 
@@ -161,3 +163,45 @@ def decode_group_range(fz: container.FloatzipFile, name: str, g0: int, g1: int, 
     except CorruptDataError as exc:
         raise _about(exc, fz, name) from None
     return out
+
+
+def decode_tensor(enc: EncodedTensor, *, backend=None, workers: int = 1,
+                  verify: bool = True) -> np.ndarray:
+    """Original bytes (uint8, flat) of a validated EncodedTensor."""
+    if enc.codec == CODEC_RAW:
+        out = np.asarray(enc.raw, dtype=np.uint8)
+    else:
+        layout = FLOAT_LAYOUTS[enc.dtype]
+        impl = backends.get(backend)
+        bits = impl.decode(enc.geometry, enc.counts, enc.lane_sizes, enc.payload, enc.raw,
+                           layout.storage, workers=workers)
+        out = bits.view(np.uint8)
+    if verify and checksum(out) != enc.checksum:
+        raise CorruptDataError(
+            f"decoded bytes fail their xxh3-64 checksum (expected {enc.checksum:016x}, "
+            f"got {checksum(out):016x})")
+    return out
+
+
+def decode_encoded_groups(enc: EncodedTensor, g0: int, g1: int, *, backend=None,
+                       workers: int = 1) -> np.ndarray:
+    """Values ``[g0·32K, min(g1·32K, n))`` of a tans-coded tensor, as bits
+    (its storage dtype), decoding only groups ``g0..g1-1``.
+
+    Groups are independent (docs/FORMAT.md, section 5): their lanes are
+    contiguous in the payload and their raw fields in the raw section, which
+    start on a byte boundary since a group holds a multiple of 8 values; so
+    the groups form a smaller coded tensor of the same parameters, which the
+    back end decodes with its usual checks. Only a checksum cannot be
+    checked on part of a tensor."""
+    g = enc.geometry
+    group = LANES * g.lane_symbols
+    starts = np.zeros(g.lanes + 1, dtype=np.int64)
+    np.cumsum(np.asarray(enc.lane_sizes, dtype=np.int64), out=starts[1:])
+    v0, v1 = g0 * group, min(g1 * group, g.count)
+    payload = enc.payload[starts[LANES * g0]:starts[LANES * g1]]
+    raw = enc.raw[v0 * g.raw_bits // 8:(v1 * g.raw_bits + 7) // 8]
+    part = dataclasses.replace(g, count=v1 - v0, payload_bytes=int(payload.size))
+    storage = FLOAT_LAYOUTS[enc.dtype].storage
+    return backends.get(backend).decode(part, enc.counts, enc.lane_sizes[LANES * g0:LANES * g1],
+                                        payload, raw, storage, workers=workers)

@@ -51,18 +51,16 @@ def is_floatzip(path: str) -> bool:
     return safetensors_kind(path) == "floatzip"
 
 
-def walk(root: str, directories: bool = False, outside_links: bool = True,
-         skipped: list | None = None):
+def walk(root: str, directories: bool = False, skipped: list | None = None):
     """(path relative to root, full path) of every file under ``root``, in a
     stable order; with ``directories``, of every directory instead (root
     first). Version-control folders (VCS_NAMES) are left out, and their
     relative paths appended to ``skipped`` if given. Symbolic links are
     followed, to files and directories alike (a model fetched into the
     Hugging Face cache is a tree of links); a link to a directory it is
-    inside of is an error, not a loop. ``outside_links`` False: a link that
-    leads out of ``root`` is an error (floatzip writes no links, so one in a
-    compressed directory came from elsewhere, and a decompressed copy must
-    not carry what it points to)."""
+    inside of is an error, not a loop. Links may lead out of ``root``; what
+    a compressed directory's links lead to is checked against its manifest
+    (inspect_directory)."""
     top = os.path.realpath(root)
     ancestors = {root: {top}}       # real paths of each directory's chain, itself included
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
@@ -76,9 +74,6 @@ def walk(root: str, directories: bool = False, outside_links: bool = True,
             full = os.path.join(dirpath, name)
             if os.path.islink(full):
                 real = os.path.realpath(full)
-                if not outside_links and os.path.commonpath([top, real]) != top:
-                    raise FormatError(f"{full}: a symbolic link out of {root} (to {real}); "
-                                      "a compressed directory holds none, so it is refused")
                 if real in ancestors[dirpath]:
                     raise FormatError(f"{full}: a symbolic link loops back to {real}")
         for name in dirnames:
@@ -89,6 +84,12 @@ def walk(root: str, directories: bool = False, outside_links: bool = True,
             continue
         for name in sorted(filenames):
             full = os.path.join(dirpath, name)
+            if not os.path.isfile(full):        # reading a FIFO would wait forever
+                what = (f"a broken symbolic link (to {os.readlink(full)})"
+                        if os.path.islink(full) and not os.path.exists(full)
+                        else "not a regular file (a FIFO, socket or device)")
+                raise FormatError(f"{full}: {what}; a model directory holds regular files "
+                                  "only: remove it")
             yield os.path.relpath(full, root), full
 
 
@@ -203,6 +204,7 @@ class Layout:
     problems: list[str] = field(default_factory=list)
     order: dict[str, int] = field(default_factory=dict)     # walk order of the files found
     skipped: list[str] = field(default_factory=list)        # version-control folders
+    outside: list[str] = field(default_factory=list)        # unlisted links out, left alone
 
     def full(self, rel: str) -> str:
         return os.path.join(self.root, rel)
@@ -220,7 +222,10 @@ def inspect_directory(path: str) -> Layout:
     checksums are the callers' part, as they read the files anyway."""
     manifest = read_manifest(path)
     layout = Layout(path, manifest)
-    found = {rel: full for rel, full in walk(path, outside_links=False, skipped=layout.skipped)
+    # Links out of the directory are followed: a model fetched into the Hugging
+    # Face cache is a tree of links into its blobs/ folder. What they lead to
+    # is checked like any file: against the manifest's sizes and checksums.
+    found = {rel: full for rel, full in walk(path, skipped=layout.skipped)
              if rel != MANIFEST}
     problems = {}                   # relative path -> problem, to sort them by path
     root = os.path.realpath(path)
@@ -228,8 +233,11 @@ def inspect_directory(path: str) -> Layout:
     listed.update(dict.fromkeys(manifest.copied or (), "copied"))
     for rel, kind in listed.items():
         full = os.path.join(path, rel)
+        # The entry's path must stay inside (no "..", not absolute); where a
+        # link there leads is the file's business, checked like its bytes.
+        inside = os.path.normpath(os.path.join(os.path.abspath(path), rel))
         if ("\0" in rel or os.path.isabs(rel)
-                or os.path.commonpath([root, os.path.realpath(full)]) != root):
+                or os.path.commonpath([os.path.abspath(path), inside]) != os.path.abspath(path)):
             problems[rel] = f"{manifest.path}: entry {rel!r} points outside {path}"
             continue
         if rel not in found:
@@ -255,6 +263,12 @@ def inspect_directory(path: str) -> Layout:
             (layout.coded if kind == "coded" else layout.copied).append(rel)
     for rel, full in found.items():
         if rel in listed:
+            continue
+        if os.path.commonpath([root, os.path.realpath(full)]) != root:
+            # A link out that the manifest does not list is not part of the
+            # model (a hub-added README in the cache, say): neither checked
+            # nor copied, since nothing vouches for what it leads to.
+            layout.outside.append(rel)
             continue
         if rel.endswith(".safetensors") and is_floatzip(full):
             problems[rel] = (f"{full}: a floatzip file that {MANIFEST} does not list (renamed, "

@@ -26,9 +26,10 @@ import numpy as np
 import xxhash
 
 from . import backends
+from .backends import numpy_ref
 from .background_writer import BackgroundWriter
 from .codecs import model
-from .codecs.encoded import CODEC_RAW, CODEC_TANS
+from .codecs.encoded import CODEC_RAW, CODEC_TANS, EncodedTensor, check_lane_symbols, checksum
 from .codecs.layout import LANES, CodedGeometry, pad8
 from .dtypes import FLOAT_LAYOUTS
 from .errors import FormatError
@@ -39,6 +40,12 @@ from .progress import NO_PROGRESS, Progress
 
 # Source bytes read at a time. A tensor up to this size is read once.
 WINDOW_BYTES = 256 << 20
+# Source bytes coded a step at a time in a tensor larger than the window.
+STEP_BYTES = 64 << 20
+# Float tensors up to this size have their codec decided before the header
+# is reserved (reading them twice costs little; a reserve they do not use
+# would cost up to ~125 bytes each).
+_DECIDED_EARLY_BYTES = 64 << 10
 # No tans blob is shorter (its counts, then 32 lane sizes): a tensor of at
 # most this many bytes is always stored raw, and its reserve is exact.
 _SMALLEST_CODED_BLOB = 8 + 2 * LANES
@@ -50,7 +57,21 @@ def encode_file(src_fd: int, header: Header, out_fd: int, *, src: str, dst: str,
     """Write the floatzip form of the safetensors file open at ``src_fd``
     (its validated ``header``) to the empty file ``out_fd``. ``src`` and
     ``dst`` name them in errors. Returns the number of tensors."""
-    reserved = reserved_header_bytes(header, lane_symbols)
+    def stays_raw(entry) -> bool:
+        # Small float tensors are read here, to know which will stay raw
+        # (most: their tables would cost more than coding saves), so that
+        # a file of many small tensors reserves no room it will not use.
+        if entry.nbytes > _DECIDED_EARLY_BYTES:
+            return False
+        layout = FLOAT_LAYOUTS[entry.dtype]
+        data = np.empty(entry.nbytes, dtype=np.uint8)
+        pread_exact(src_fd, data, header.data_start + entry.begin, src)
+        bits = data.view(layout.storage)
+        histogram = numpy_ref.histogram(bits, layout.width, model.histogram_bits(layout))
+        return model.choose_coding(histogram, layout, bits.size,
+                                   lane_symbols=lane_symbols) is None
+
+    reserved = reserved_header_bytes(header, lane_symbols, stays_raw)
     if reserved > container.MAX_HEADER_BYTES:
         # The source header is stored escaped inside this one, so a source
         # header near the limit can push this one over it.
@@ -80,17 +101,20 @@ def encode_file(src_fd: int, header: Header, out_fd: int, *, src: str, dst: str,
     return len(entries)
 
 
-def reserved_header_bytes(header: Header, lane_symbols: int) -> int:
+def reserved_header_bytes(header: Header, lane_symbols: int, stays_raw=None) -> int:
     """The longest floatzip header that the file can need: every tensor with
     its widest parameters (a blob is never larger than the tensor, which is
-    stored raw otherwise) and every offset at the largest it can be."""
+    stored raw otherwise) and every offset at the largest it can be.
+    ``stays_raw(entry)``, when given, tells of a float tensor that it will
+    be stored raw for sure: its reserve is then exact."""
     total = header.data_bytes
     params, entries = {}, []
     for name, entry in header.tensors.items():
         layout = FLOAT_LAYOUTS.get(entry.dtype)
         bound = 8 * entry.nbytes if layout is not None else None
         worst = container.tensor_params_of(CODEC_RAW, "0" * 16, entry.nbytes, bound)
-        if layout is not None and entry.nbytes > _SMALLEST_CODED_BLOB:   # else raw, for sure
+        if (layout is not None and entry.nbytes > _SMALLEST_CODED_BLOB
+                and not (stays_raw and stays_raw(entry))):
             widest = CodedGeometry(count=entry.nbytes // layout.storage.itemsize,
                                    width=layout.width, symbol_bits=12, table_log=12,
                                    first_symbol=4095, table_symbols=4096,
@@ -195,7 +219,11 @@ class _TensorWriter:
         args = dict(width=layout.width, symbol_bits=choice.symbol_bits,
                     table_log=choice.table_log, first_symbol=choice.first_symbol,
                     lane_symbols=choice.lane_symbols)
-        step_values = max(1, WINDOW_BYTES // (group * itemsize)) * group
+        # A tensor read whole is coded in one step; a larger one in steps of
+        # STEP_BYTES, whose coded output (up to ~2x its size, with the writer
+        # holding the previous step's) stays well inside the memory bound.
+        step_bytes = WINDOW_BYTES if in_window else STEP_BYTES
+        step_values = max(1, step_bytes // (group * itemsize)) * group
         digest = xxhash.xxh3_64()
         payload_bytes, raw_parts, raw_bytes = 0, [], 0
         spill = entry.nbytes > WINDOW_BYTES       # raw fields of several steps: to scratch
@@ -289,3 +317,34 @@ def _copy_range(src_fd: int, src_offset: int, dst_fd: int, dst_offset: int, nbyt
         pread_exact(src_fd, piece, src_offset + done, where)
         pwrite_all(dst_fd, piece, dst_offset + done)
         done += piece.size
+
+
+def encode_tensor(data: np.ndarray, dtype: str, shape, *, backend=None, workers: int = 1,
+                  table_log: int = model.DEFAULT_TABLE_LOG,
+                  lane_symbols: int = model.DEFAULT_LANE_SYMBOLS) -> EncodedTensor:
+    """Encode one tensor given as its little-endian bytes (uint8, any shape).
+    ``lane_symbols`` is the symbols per lane (format field K): fewer give a
+    GPU more lanes to decode in parallel, for 4 bytes more per lane."""
+    check_lane_symbols(lane_symbols)
+    raw_bytes = np.ascontiguousarray(data).reshape(-1).view(np.uint8)
+    shape = tuple(int(d) for d in shape)
+    digest = checksum(raw_bytes)
+    layout = FLOAT_LAYOUTS.get(dtype)
+    bound = None
+    if layout is not None:
+        impl = backends.select(backend, encode=True)
+        bits = raw_bytes.view(layout.storage)
+        hist = impl.histogram(bits, layout.width, model.histogram_bits(layout), workers=workers)
+        bound = int(round(model.exponent_bound_bits(hist, layout, bits.size)))
+        choice = model.choose_coding(hist, layout, bits.size, table_log=table_log,
+                                     lane_symbols=lane_symbols)
+        if choice is not None:
+            args = dict(width=layout.width, symbol_bits=choice.symbol_bits,
+                        table_log=choice.table_log, first_symbol=choice.first_symbol,
+                        lane_symbols=choice.lane_symbols)
+            lane_sizes, payload, raw = impl.encode(bits, args, choice.counts, workers=workers)
+            geometry = model.geometry_for(choice, layout, bits.size, int(payload.size))
+            if geometry.blob_bytes < raw_bytes.size:
+                return EncodedTensor(dtype, shape, CODEC_TANS, digest, geometry,
+                                     choice.counts, lane_sizes, payload, raw, bound)
+    return EncodedTensor(dtype, shape, CODEC_RAW, digest, raw=raw_bytes, bound_bits=bound)

@@ -178,7 +178,7 @@ class FloatzipReader:
         """A tensor of the file's dtype over little-endian bytes."""
         dtype = fz.tensors[name].source.dtype
         if self._framework == "pt":
-            from .torch.dtypes import bytes_to_torch
+            from .dtypes import bytes_to_torch
             try:
                 return bytes_to_torch(data, dtype, shape, self._device)
             except UnsupportedError as exc:

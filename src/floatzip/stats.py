@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .dtypes import FLOAT_LAYOUTS
+from .dtypes import FLOAT_LAYOUTS, rotate_sign_down
 
 
 def entropy_bits(values: np.ndarray) -> float:
@@ -23,15 +23,16 @@ def entropy_of_counts(counts: np.ndarray) -> float:
 
 def exponent_bound_bits(data: np.ndarray, dtype: str) -> float | None:
     """Bits for a tensor (original bytes) if its exponent were coded at its
-    order-0 entropy and every other bit stored as is; None if not a float."""
-    from .backends import numpy_ref
-    from .codecs import model
+    order-0 entropy and every other bit stored as is; None if not a float.
+    (The encoder computes the same from the histogram it keeps:
+    codecs.model.exponent_bound_bits.)"""
     layout = FLOAT_LAYOUTS.get(dtype)
     if layout is None:
         return None
-    bits = data.view(layout.storage)
-    histogram = numpy_ref.histogram(bits, layout.width, layout.exponent_bits)
-    return model.exponent_bound_bits(histogram, layout, bits.size)
+    bits = data.view(layout.storage).ravel()
+    rotated = rotate_sign_down(bits, layout.width)
+    exponent = rotated >> rotated.dtype.type(layout.width - layout.exponent_bits)
+    return entropy_bits(exponent) + bits.size * (layout.width - layout.exponent_bits)
 
 
 def value_bound_bits(data: np.ndarray, dtype: str) -> float | None:

@@ -1,6 +1,7 @@
 """Codecs by id: the only place the container and the layers above it find
 one. A codec module registers its codec when imported; the built-in ones
-are imported here."""
+are imported by the package (codecs/__init__.py), so they are known as soon
+as anything of floatzip.codecs is."""
 from __future__ import annotations
 
 from ..errors import UnsupportedError
@@ -35,6 +36,3 @@ def get(codec_id, where: str = "") -> Codec:
 
 def ids() -> list[str]:
     return list(_CODECS)
-
-
-from . import raw_codec, tans_codec  # noqa: E402,F401  (the built-in codecs register themselves)

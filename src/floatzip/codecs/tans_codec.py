@@ -23,8 +23,7 @@ FIELDS = ("symbol_bits", "table_log", "first_symbol", "table_symbols", "lane_sym
 @dataclasses.dataclass(frozen=True)
 class TansParts:
     counts: np.ndarray          # <u2[table_symbols]
-    lane_sizes: np.ndarray      # <u2[lanes]
-    lane_starts: np.ndarray     # int64[lanes + 1]: each lane's first payload byte
+    lane_sizes: np.ndarray      # <u2[lanes] (2 bytes a lane: the one part kept whole)
 
 
 class TansCodec(Codec):
@@ -95,9 +94,7 @@ class TansCodec(Codec):
             last = read(sec["raw"][0] + sec["raw"][1] - 1, 1)
             if int(last[0]) >> (8 - spare):
                 raise FormatError(f"{where}: non-zero unused bits at the end of the raw section")
-        starts = np.zeros(g.lanes + 1, dtype=np.int64)
-        np.cumsum(lane_sizes, dtype=np.int64, out=starts[1:])
-        return Opened(g, TansParts(counts, lane_sizes, starts))
+        return Opened(g, TansParts(counts, lane_sizes))
 
     def decode_steps(self, opened, dtype, read, buffer, *, backend, workers, step_bytes):
         g, parts = opened.layout, opened.parts
@@ -116,10 +113,11 @@ class TansCodec(Codec):
         sec = g.sections()
         group = LANES * g.lane_symbols
         step = max(1, -(-step_bytes // (group * storage.itemsize)))     # groups a step
+        p1 = int(parts.lane_sizes[:LANES * g0].sum(dtype=np.int64))     # lane g0's first byte
         for a in range(g0, g1, step):
             b = min(a + step, g1)
             v0, v1 = a * group, min(b * group, g.count)
-            p0, p1 = int(parts.lane_starts[LANES * a]), int(parts.lane_starts[LANES * b])
+            p0, p1 = p1, p1 + int(parts.lane_sizes[LANES * a:LANES * b].sum(dtype=np.int64))
             r0, r1 = v0 * g.raw_bits // 8, (v1 * g.raw_bits + 7) // 8
             payload = read(sec["payload"][0] + p0, p1 - p0, out=buffer(p1 - p0, "payload"))
             raw = read(sec["raw"][0] + r0, r1 - r0, out=buffer(r1 - r0, "raw"))

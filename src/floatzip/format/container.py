@@ -177,7 +177,9 @@ class FloatzipFile:
     memory map, one at a time."""
 
     def __init__(self, path: str | os.PathLike):
-        self.path = os.fspath(path)
+        self.path = os.fspath(path)        # as given: what errors name
+        # What later reads open: the same file after the caller's chdir.
+        self.opened_path = os.path.abspath(self.path)
         where = self.path
         try:
             size = os.path.getsize(self.path)
@@ -250,7 +252,7 @@ class FloatzipFile:
             if self.header.data_start + self.header.data_bytes == 0:
                 self._map = np.zeros(0, dtype=np.uint8)
             else:
-                self._map = np.memmap(self.path, dtype=np.uint8, mode="r")
+                self._map = np.memmap(self.opened_path, dtype=np.uint8, mode="r")
         return self._map
 
     def encoded(self, name: str, *, mapped: bool = True) -> EncodedTensor:
@@ -279,7 +281,7 @@ class FloatzipFile:
         t = self._get(name)
         if mapped:
             return self._bytes()[t.blob_begin:t.blob_begin + t.blob_bytes]
-        return read_range(self.path, t.blob_begin, t.blob_bytes)
+        return read_range(self.opened_path, t.blob_begin, t.blob_bytes)
 
     def sections(self, name: str, *, fd: int | None = None, blob=None) -> StoredSections:
         """One stored tensor opened by its codec: its small parts (tables,
@@ -289,7 +291,7 @@ class FloatzipFile:
         time (floatzip.decode)."""
         t = self._get(name)
         if blob is None and fd is None:
-            with open(self.path, "rb", buffering=0) as f:
+            with open(self.opened_path, "rb", buffering=0) as f:
                 return self.sections(name, fd=f.fileno())
         read = blob_reader(blob) if blob is not None else self.file_reader(name, fd)
         opened = t.codec.open(t.layout, read, f"{self.path}: tensor {name!r}")

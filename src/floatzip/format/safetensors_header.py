@@ -51,8 +51,14 @@ def parse_header_bytes(raw: bytes, where: str) -> Header:
     """Parse and validate header JSON bytes. ``where`` names the file in errors."""
     try:
         doc = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        # A lone surrogate escape ("\ud800") is valid JSON but no UTF-8
+        # string: safetensors refuses it, and so does writing it back.
+        json.dumps(doc, ensure_ascii=False).encode("utf-8")
+    except (UnicodeDecodeError, UnicodeEncodeError, json.JSONDecodeError) as exc:
         raise FormatError(f"{where}: header is not valid UTF-8 JSON ({exc})") from None
+    except (RecursionError, ValueError) as exc:     # nesting too deep, an integer too long
+        raise FormatError(f"{where}: header is not JSON safetensors accepts "
+                          f"({type(exc).__name__}: {str(exc)[:100]})") from None
     if not isinstance(doc, dict):
         raise FormatError(f"{where}: header is not a JSON object")
     metadata = doc.pop("__metadata__", None)
