@@ -14,7 +14,7 @@ LAYERS = {
     "format": 1, "codecs": 1,
     "backends": 2,
     "decode": 3, "encode": 3, "background_writer": 3,
-    "api": 4, "directory": 4, "reader": 4, "info": 4,
+    "api": 4, "directory": 4, "model_dir": 4, "reader": 4, "info": 4,
     "torch": 5,
     "cli": 6, "demo": 6, "__main__": 6, "__init__": 6,
 }

@@ -13,17 +13,12 @@ from .codecs.model import DEFAULT_LANE_SYMBOLS
 from .background_writer import BackgroundWriter
 from .decode import StreamDecoder
 from .encode import encode_file
-from .directory import (
-    check_directory,
-    compress_directory,
-    decompress_directory,
-    safetensors_kind,
-    verify_directory,
-)
+from .directory import check_directory, compress_directory, decompress_directory, verify_directory
 from .errors import FloatzipError, FormatError, OutputExistsError, UnsupportedError
 from .format import container
 from .format.safetensors_header import read_header
 from .io_utils import atomic_output, file_mode, pread_exact, resolve_workers
+from .model_dir import safetensors_kind
 from .progress import Progress
 from .reader import FloatzipReader, TensorSlice, safe_open  # noqa: F401  (public names)
 from .results import VerifyResult

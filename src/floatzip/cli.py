@@ -112,11 +112,17 @@ def cmd_compress(args) -> int:
     dt = time.perf_counter() - t0
     before, after = s["original_bytes"], s["compressed_bytes"]
     head = f"{args.src} -> {args.dst}: {_human(before)} -> {_human(after)} ({_ratio(after, before)})"
+    return _summary(head, s, before, dt, compressing=True)
+
+
+def _summary(head: str, s: dict, nbytes: int, dt: float, *, compressing: bool) -> int:
+    """compress's and decompress's last lines: the totals, then a
+    directory's coded, copied and left-out lines or a file's tensor count."""
     if "files" in s:
-        print(f"{head} {_speed(before, dt)}")
-        print("\n".join(_directory_lines(s, compressing=True)))
+        print(f"{head} {_speed(nbytes, dt)}")
+        print("\n".join(_directory_lines(s, compressing=compressing)))
     else:
-        print(f"{head}, {_count(s['tensors'], 'tensor')}, {_speed(before, dt)}")
+        print(f"{head}, {_count(s['tensors'], 'tensor')}, {_speed(nbytes, dt)}")
     return 0
 
 
@@ -132,12 +138,7 @@ def cmd_decompress(args) -> int:
     restored = s["original_bytes"]
     head = (f"{args.src} -> {args.dst}: {_human(s['compressed_bytes'])} -> "
             f"{_human(restored)} restored")
-    if "files" in s:
-        print(f"{head} {_speed(restored, dt)}")
-        print("\n".join(_directory_lines(s, compressing=False)))
-    else:
-        print(f"{head}, {_count(s['tensors'], 'tensor')}, {_speed(restored, dt)}")
-    return 0
+    return _summary(head, s, restored, dt, compressing=False)
 
 
 def _report(result, ok_line: str, problem_label: str) -> int:

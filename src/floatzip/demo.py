@@ -17,7 +17,7 @@ import time
 import numpy as np
 
 from . import api
-from .directory import walk
+from .model_dir import walk
 from .errors import FloatzipError
 from .format.safetensors_header import build_header, read_header
 from .info import summarize

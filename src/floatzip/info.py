@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import os
 
-from .directory import MANIFEST, is_floatzip, walk
+from .model_dir import MANIFEST, is_floatzip, walk
 from .errors import FormatError
 from .format.container import BOUND_FIELD, FORMAT_VERSION, FloatzipFile
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from .codecs.encoded import EncodedTensor
 from .decode import check_stored, decode_stored, decode_values
-from .directory import safetensors_kind
+from .model_dir import safetensors_kind
 from .dtypes import ITEMSIZE
 from .errors import (
     ClosedFileError,

@@ -33,7 +33,7 @@ import xxhash
 from .. import backends
 from ..codecs.encoded import EncodedTensor
 from ..decode import decode_tensor
-from ..directory import MANIFEST, inspect_directory
+from ..model_dir import MANIFEST, inspect_directory
 from ..errors import CorruptDataError, FormatError, UnsupportedError
 from ..format.container import FloatzipFile
 from ..io_utils import resolve_workers
