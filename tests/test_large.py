@@ -32,15 +32,28 @@ def write_big(path, name, dtype, shape, block):
             f.write(piece.tobytes())
 
 
+# The child reports its own peak: the high-water mark of the memory it
+# exec'd into (VmHWM). A forked child's getrusage peak would also count the
+# pages of this pytest process, which may be large by the time it runs.
+REPORT_PEAK = """
+import atexit, sys
+def report():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            sys.stderr.write("\\n" + line)
+atexit.register(report)
+from floatzip.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 def run(*args):
     """Exit code, stderr and peak RSS (bytes) of ``floatzip ARGS`` in a
     process of its own."""
-    proc = subprocess.Popen([sys.executable, "-m", "floatzip", *map(str, args)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    err = proc.stderr.read().decode()
-    proc.stderr.close()
-    return os.waitstatus_to_exitcode(status), err, usage.ru_maxrss * 1024
+    proc = subprocess.run([sys.executable, "-c", REPORT_PEAK, *map(str, args)],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    err, _, peak = proc.stderr.rpartition("VmHWM:")
+    return proc.returncode, err, int(peak.split()[0]) * 1024
 
 
 def same_bytes(a, b):

@@ -205,3 +205,52 @@ def decode_encoded_groups(enc: EncodedTensor, g0: int, g1: int, *, backend=None,
     storage = FLOAT_LAYOUTS[enc.dtype].storage
     return backends.get(backend).decode(part, enc.counts, enc.lane_sizes[LANES * g0:LANES * g1],
                                         payload, raw, storage, workers=workers)
+
+
+def decode_encoded_into(enc: EncodedTensor, out: np.ndarray, *, backend=None, workers: int = 1,
+                verify: bool = True, where: str = "") -> None:
+    """Decode ``enc`` into ``out`` (uint8, exactly its original size);
+    errors start with ``where``."""
+    if enc.codec == CODEC_RAW:
+        np.copyto(out, np.asarray(enc.raw, dtype=np.uint8))
+    else:
+        impl = backends.select(backend, device="cpu")
+        storage = FLOAT_LAYOUTS[enc.dtype].storage
+        args = (enc.geometry, enc.counts, enc.lane_sizes, enc.payload, enc.raw, storage)
+        try:
+            impl.decode(*args, workers=workers, out=out.view(storage))
+        except CorruptDataError as exc:
+            raise CorruptDataError(f"{where}: {exc}") from None
+    if verify and checksum(out) != enc.checksum:
+        raise CorruptDataError(f"{where}: decoded bytes fail their xxh3-64 checksum "
+                               f"(expected {enc.checksum:016x}, got {checksum(out):016x})")
+
+
+def decode_encoded_rows(enc: EncodedTensor, rows: np.ndarray, *, backend=None,
+                workers: int = 1) -> np.ndarray:
+    """Rows ``rows`` (sorted, unique) of a 2-D tensor, as a uint8 array
+    [len(rows), row bytes], decoding only the groups they touch."""
+    n_rows, width = enc.shape
+    itemsize = enc.original_bytes // max(enc.count, 1)
+    out = np.empty((len(rows), width * itemsize), dtype=np.uint8)
+    if enc.codec == CODEC_RAW:
+        table = np.asarray(enc.raw, dtype=np.uint8).reshape(n_rows, width * itemsize)
+        np.take(table, rows, axis=0, out=out)
+        return out
+    group = 32 * enc.geometry.lane_symbols
+    first = rows * width // group                   # group of each row's first value
+    last = ((rows + 1) * width - 1) // group
+    # Runs of consecutive groups, each decoded with one back-end call.
+    i = 0
+    while i < len(rows):
+        g0, g1, j = int(first[i]), int(last[i]) + 1, i + 1
+        while j < len(rows) and first[j] <= g1:
+            g1 = max(g1, int(last[j]) + 1)
+            j += 1
+        values = decode_encoded_groups(enc, g0, g1, backend=backend, workers=workers).view(np.uint8)
+        base = g0 * group * itemsize
+        for k in range(i, j):
+            at = int(rows[k]) * width * itemsize - base
+            out[k] = values[at:at + width * itemsize]
+        i = j
+    return out
