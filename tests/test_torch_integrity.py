@@ -215,3 +215,22 @@ def test_intact_directory_loads(packed):
     model = floatzip.load_model(packed["sharded"])
     with torch.inference_mode():
         assert torch.equal(model(IDS).logits, reference(IDS).logits)
+
+
+@pytest.mark.parametrize("decode", ["on_the_fly", "at_load"])
+def test_device_decoding_checks_checksums_at_load(packed, tmp_path, monkeypatch, decode):
+    # The GPU kernels check lane structure only: a flipped raw-section bit
+    # decoded there would reach the model. load_model checks every tensor on
+    # the CPU first (the Triton path, in its interpreter on the CPU here).
+    pytest.importorskip("triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    bad = copy_of(packed["llama"], tmp_path)
+    path = str(bad / "model.safetensors")
+    tensor = "model.layers.1.mlp.up_proj.weight"
+    flip_raw_bit(path, tensor)
+    with pytest.raises(floatzip.CorruptDataError, match=f"{path}: tensor {tensor!r}.*checksum"):
+        floatzip.load_model(bad, decode=decode, backend="triton")
+    model = floatzip.load_model(bad, decode="at_load", backend="triton", verify=False)
+    reference = floatzip.load_model(packed["llama"], decode="at_load")
+    with torch.inference_mode():         # unchecked, the damage goes through: what it prevents
+        assert not torch.equal(model(IDS).logits, reference(IDS).logits)

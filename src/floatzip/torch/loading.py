@@ -32,7 +32,7 @@ import xxhash
 
 from .. import backends
 from ..codecs.encoded import EncodedTensor
-from ..decode import decode_tensor
+from ..decode import check_stored, decode_tensor
 from ..model_dir import MANIFEST, inspect_directory
 from ..errors import CorruptDataError, FormatError, UnsupportedError
 from ..format.container import FloatzipFile
@@ -235,6 +235,21 @@ def load_backend(backend, device: torch.device):
         except UnsupportedError:
             pass
     return backends.select(backend, device="cpu")
+
+
+def verify_on_cpu(sources, workers: int) -> None:
+    """Check each tensor against its checksum on the CPU, streamed (memory
+    stays bounded), before a device decodes it; CorruptDataError naming the
+    file and tensor otherwise. The CPU back end is picked by name: a
+    FLOATZIP_BACKEND that asks for Triton asks it of the device."""
+    for name in ("numba", "numpy"):
+        try:
+            cpu = backends.select(name, device="cpu")
+            break
+        except UnsupportedError:
+            continue
+    for src in sources:
+        check_stored(src.file, src.key, backend=cpu.name, workers=workers)
 
 
 def decode_on_device(sources: list[SourceTensor], device: torch.device,
@@ -466,7 +481,7 @@ def check_shapes(checkpoint: CompressedCheckpoint, mapping, skeleton, config_pat
 
 def load_model(path, device="cpu", model_class=None, decode: str = "on_the_fly", *,
                dtype=None, prefetch: bool | None = None, backend=None,
-               workers: int | None = None):
+               workers: int | None = None, verify: bool = True):
     """A transformers model from a compressed model directory, bit-exact
     with the model loaded from the original files.
 
@@ -486,6 +501,13 @@ def load_model(path, device="cpu", model_class=None, decode: str = "on_the_fly",
                  the core count); it then decodes on those
     backend      coding back end (default: the fastest available)
     workers      decoding threads (default: all cores)
+    verify       where a GPU decodes (Triton), first check every tensor
+                 against its XXH3-64 on the CPU, once, streamed: the kernels
+                 check only that each lane ends where it should, and every
+                 byte load_model hands out is to be covered by a checksum.
+                 False skips it (a faster load; FORMAT.md allows a GPU path
+                 to rely on the structural checks). On the CPU every tensor
+                 is checked as it is first decoded, whatever this says.
 
     Everything is read from ``path``; nothing is downloaded.
     """
@@ -521,6 +543,9 @@ def load_model(path, device="cpu", model_class=None, decode: str = "on_the_fly",
     deferred_keys = {src.key for src in deferred_targets.values()}
     del skeleton
 
+    if verify and (decodes_on_device(load_impl)
+                   or (on_the_fly and decodes_on_device(block_impl))):
+        verify_on_cpu(checkpoint.tensors.values(), workers)
     if decodes_on_device(load_impl):
         on_device = decode_on_device([src for key, src in checkpoint.tensors.items()
                                       if key not in deferred_keys], dev, load_impl)
