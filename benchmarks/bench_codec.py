@@ -541,6 +541,261 @@ def whole_file_row(ds: Dataset, encode_backend: str, decode_backend: str, thread
             "compress_file_s": seconds, "threads": threads}
 
 
+# -- the real-weights corpus (--corpus) ----------------------------------------------
+
+LMZ_PACKAGE = "lmzip"   # PyPI name; its command is `lmz`
+
+
+def load_safetensors_file(path: str) -> Dataset:
+    """Every tensor of a safetensors file, as raw bytes (no torch, any dtype)."""
+    import struct
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(n))
+        data = np.fromfile(f, dtype=np.uint8)
+    tensors = []
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        begin, end = info["data_offsets"]
+        tensors.append(Tensor(name, info["dtype"], tuple(info["shape"]), data[begin:end]))
+    dtypes = sorted({t.dtype for t in tensors if t.dtype in FLOAT_LAYOUTS},
+                    key=lambda d: -sum(t.nbytes for t in tensors if t.dtype == d))
+    name = os.path.basename(path).removesuffix(".safetensors")
+    return Dataset(name, "+".join(dtypes) or "none", tensors, {}, source_file=path)
+
+
+def lmz_command() -> str | None:
+    """The `lmz` executable next to this Python (a venv) or on PATH."""
+    import shutil
+    here = os.path.join(os.path.dirname(sys.executable), "lmz")
+    if os.path.isfile(here) and os.access(here, os.X_OK):
+        return here
+    return shutil.which("lmz")
+
+
+def lmz_status() -> str | None:
+    """None if `lmz` runs, else why not."""
+    import subprocess
+    exe = lmz_command()
+    if exe is None:
+        return "no `lmz` command (pip install lmzip)"
+    try:
+        subprocess.run([exe, "--version"], check=True, capture_output=True, timeout=60)
+    except Exception as exc:   # noqa: BLE001
+        return f"`lmz --version` fails: {type(exc).__name__}: {exc}"
+    return None
+
+
+def lmz_row(path: str, nbytes: int) -> dict:
+    """`lmz compress` (default level and options, one thread) on the whole
+    file; the archive is decompressed and compared with the file byte for byte."""
+    import filecmp
+    import subprocess
+    exe = lmz_command()
+    with tempfile.TemporaryDirectory(prefix="bench_codec.lmz.") as tmp:
+        archive = os.path.join(tmp, "model.lmz")
+        restored = os.path.join(tmp, "restored.safetensors")
+        start = time.perf_counter()
+        subprocess.run([exe, "compress", "-q", "-f", "-j", "1", path, archive],
+                       check=True, capture_output=True)
+        compress_s = time.perf_counter() - start
+        size = os.path.getsize(archive)
+        start = time.perf_counter()
+        subprocess.run([exe, "decompress", "-q", "-f", "-j", "1", archive, restored],
+                       check=True, capture_output=True)
+        decompress_s = time.perf_counter() - start
+        if not filecmp.cmp(path, restored, shallow=False):
+            raise RuntimeError(f"lmz: {path} does not round-trip")
+    return {"codec": "lmz", "kind": "file", "compressed_bytes": size, "ratio": size / nbytes,
+            "compress_file_s": compress_s, "decompress_file_s": decompress_s, "threads": 1,
+            "note": "wall time of the `lmz` command, process start and file I/O included"}
+
+
+def zstd_file_row(path: str, nbytes: int, level: int = 3) -> dict:
+    """zstd on the whole file as one frame (headers included)."""
+    import zstandard
+    with open(path, "rb") as f:
+        raw = f.read()
+    start = time.perf_counter()
+    comp = zstandard.ZstdCompressor(level=level).compress(raw)
+    seconds = time.perf_counter() - start
+    if zstandard.ZstdDecompressor().decompress(comp) != raw:
+        raise RuntimeError(f"zstd-{level}: {path} does not round-trip")
+    return {"codec": f"zstd-{level}", "kind": "file", "compressed_bytes": len(comp),
+            "ratio": len(comp) / nbytes, "compress_file_s": seconds, "threads": 1}
+
+
+def corpus_files(directory: str) -> list[str]:
+    files = sorted(os.path.join(directory, f) for f in os.listdir(directory)
+                   if f.endswith(".safetensors") and not f.endswith(".fz.safetensors"))
+    if not files:
+        raise SystemExit(f"--corpus {directory}: no .safetensors files there")
+    return files
+
+
+def run_corpus_file(path: str, args, backend_names: list[str], peers: dict) -> dict:
+    """One corpus file: whole-file ratios (floatzip, lmz, zstd-3), zipnn per
+    tensor, the bounds, and floatzip's and zipnn's 1-thread speeds in memory."""
+    ds = load_safetensors_file(path)
+    file_bytes = os.path.getsize(path)
+    log(f"corpus {ds.name}: {len(ds.tensors)} tensors, {file_bytes / MB:.1f} MB")
+    entry = {"name": ds.name, "path": path, "dtype": ds.dtype, "tensors": len(ds.tensors),
+             "file_bytes": file_bytes, "bytes": ds.nbytes, "rows": [], "backend_checks": {}}
+    decoders, encoders = [], []
+    for name in backend_names:
+        if name != "numpy" and (decoders or name == "triton"):
+            continue      # one fast back end is enough here; triton does not encode
+        check = check_backend(name, ds, 1)
+        entry["backend_checks"][name] = check.__dict__
+        for problem in check.problems:
+            log(f"    {name}: {problem}")
+        if check.decode and name != "numpy":
+            decoders.append(name)
+        if check.encode and name != "numpy":
+            encoders.append(name)
+    backend = next((n for n in encoders if n in decoders), "numpy")
+    entry["rows"].append(whole_file_row(ds, backend, backend, args.threads))
+    entry["rows"][-1]["original_file_bytes"] = file_bytes
+    codec = FloatzipCodec(backend, can_compress=True)
+    entry["rows"].append(run_codec(codec, ds, [1], args.corpus_repeats, args.budget))
+    entry["rows"][-1]["backend"] = backend
+    if peers.get("zipnn") is not None:
+        entry["rows"].append(run_codec(peers["zipnn"], ds, [1], args.corpus_repeats,
+                                       args.budget))
+    if peers.get("lmz"):
+        log("  lmz on the whole file")
+        entry["rows"].append(lmz_row(path, file_bytes))
+    log("  zstd-3 on the whole file")
+    entry["rows"].append(zstd_file_row(path, file_bytes))
+    entry["rows"] += bound_rows(ds)
+    return entry
+
+
+def run_corpus(args, backend_names: list[str], skipped: dict) -> dict:
+    peers = {}
+    reason = zipnn_status()
+    if reason is None:
+        peers["zipnn"] = ZipnnCodec()
+    else:
+        skipped["zipnn"] = reason
+        log(f"zipnn not available ({reason}); its column is left empty")
+    reason = lmz_status()
+    if reason is None:
+        peers["lmz"] = True
+    else:
+        skipped["lmz"] = reason
+        log(f"lmz not available ({reason}); its column is left empty")
+    files = [run_corpus_file(path, args, backend_names, peers)
+             for path in corpus_files(args.corpus)]
+    return {"directory": os.path.abspath(args.corpus), "files": files,
+            "repeats": args.corpus_repeats, "skipped": dict(skipped)}
+
+
+def _corpus_cells(entry: dict) -> dict:
+    """The figures of one corpus file's table row (None where not measured)."""
+    rows = {r["codec"]: r for r in entry["rows"]}
+    fz_file = next(r for r in entry["rows"] if r["codec"].endswith("whole file"))
+    fz_mem = next(r for r in entry["rows"]
+                  if r["kind"] == "codec" and r["codec"].startswith("floatzip"))
+    zipnn = rows.get("zipnn")
+    return {
+        "floatzip": fz_file["compressed_bytes"], "zipnn": zipnn and zipnn["compressed_bytes"],
+        "lmz": rows.get("lmz", {}).get("compressed_bytes"),
+        "zstd-3": rows["zstd-3"]["compressed_bytes"],
+        "bound exp": rows["bound: order-0 exponent"]["compressed_bytes"],
+        "bound value": rows.get("bound: order-0 value", {}).get("compressed_bytes"),
+        "fz c": fz_mem["runs"]["1"]["compress_s"], "fz d": fz_mem["runs"]["1"]["decompress_s"],
+        "zipnn c": zipnn and zipnn["runs"]["1"]["compress_s"],
+        "zipnn d": zipnn and zipnn["runs"]["1"]["decompress_s"],
+    }
+
+
+def corpus_table(corpus: dict) -> str:
+    """One row per file, and a row for the corpus as a whole (bytes summed)."""
+    head = ["file", "dtype", "MB", "tensors", "floatzip", "zipnn", "lmz", "zstd-3",
+            "floatzip − best peer", "bound: exponent", "bound: value",
+            "floatzip compress MB/s", "zipnn compress MB/s",
+            "floatzip decompress MB/s", "zipnn decompress MB/s"]
+    lines = ["| " + " | ".join(head) + " |",
+             "|" + "|".join([":--", ":--"] + ["--:"] * (len(head) - 2)) + "|"]
+    ratio_keys = ("floatzip", "zipnn", "lmz", "zstd-3")
+
+    def row(label, dtype, tensors, file_bytes, data_bytes, c):
+        ratios = {k: (None if c[k] is None else c[k] / file_bytes) for k in ratio_keys}
+        best = min(v for v in ratios.values() if v is not None)
+        cells = [label, dtype, f"{file_bytes / MB:,.1f}", str(tensors)]
+        for k in ratio_keys:
+            v = ratios[k]
+            cells.append("—" if v is None else (f"**{v:.4f}**" if v == best else f"{v:.4f}"))
+        peer = [ratios[k] for k in ("zipnn", "lmz") if ratios[k] is not None]
+        cells.append(f"{ratios['floatzip'] - min(peer):+.4f}" if peer else "—")
+        for k in ("bound exp", "bound value"):
+            cells.append("—" if c[k] is None else f"{c[k] / file_bytes:.4f}")
+        for k in ("fz c", "zipnn c", "fz d", "zipnn d"):
+            cells.append(_fmt_speed(None if not c[k] else data_bytes / MB / statistics.median(c[k])))
+        return "| " + " | ".join(cells) + " |"
+
+    total = None
+    for entry in corpus["files"]:
+        c = _corpus_cells(entry)
+        lines.append(row(entry["name"], entry["dtype"], entry["tensors"], entry["file_bytes"],
+                         entry["bytes"], c))
+        if total is None:
+            total = {k: (None if v is None else (list(v) if isinstance(v, list) else v))
+                     for k, v in c.items()}
+            total.update(file_bytes=entry["file_bytes"], bytes=entry["bytes"],
+                         tensors=entry["tensors"])
+            for k in ("fz c", "fz d", "zipnn c", "zipnn d"):
+                total[k] = None if not c[k] else statistics.median(c[k])
+            continue
+        for k, v in c.items():
+            if k in ("fz c", "fz d", "zipnn c", "zipnn d"):
+                v = None if not v else statistics.median(v)
+            total[k] = None if (v is None or total[k] is None) else total[k] + v
+        total["file_bytes"] += entry["file_bytes"]
+        total["bytes"] += entry["bytes"]
+        total["tensors"] += entry["tensors"]
+    if total is not None and len(corpus["files"]) > 1:
+        for k in ("fz c", "fz d", "zipnn c", "zipnn d"):
+            total[k] = None if total[k] is None else [total[k]]
+        lines.append(row("**all files**", "", total["tensors"], total["file_bytes"],
+                         total["bytes"], total))
+    return "\n".join(lines)
+
+
+def corpus_notes(results: dict, corpus: dict) -> str:
+    env = results["environment"]
+    versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v)
+    backend = next((r.get("backend") for e in corpus["files"] for r in e["rows"]
+                    if r.get("backend")), "?")
+    repeats = corpus["repeats"]
+    lines = [
+        (f"corpus run, {env['date']}; {env['cpu']}, {env['threads']} threads; "
+         f"`{corpus['directory']}`; speeds: median of {repeats} repeat{'s' * (repeats > 1)}."),
+        "",
+        f"* Versions: Python {env['python']}; {versions}.",
+        ("* Ratios are of the whole `.safetensors` file (lower is better), the smallest in bold. "
+         "floatzip: `floatzip.compress` to a temporary file, headers included, verified; "
+         "lmz: `lmz compress -j 1` (default level) on the file, decompressed and compared; "
+         "zstd-3: the file as one frame; zipnn: each tensor on its own (no container), summed, "
+         "non-float tensors to zstd-3, divided by the file size."),
+        ("* floatzip − best peer: floatzip's ratio minus the smaller of zipnn's and lmz's "
+         "(negative: floatzip is smaller)."),
+        ("* Bounds: order-0 entropy per tensor, summed, over the file size (the header counted "
+         "at nothing); *exponent*: exponent at its entropy, other bits stored; *value*: whole "
+         "8/16-bit values at their entropy (— for F32)."),
+        (f"* MB/s: tensor bytes / s on one thread, in memory, tensor after tensor: floatzip "
+         f"[{backend}] `encode_tensor` / `decode_tensor` (checksum checked), zipnn "
+         "`threads=1`; MB = 10^6 bytes. Every output was decoded and compared once."),
+        "* **all files**: bytes summed over the corpus (ratios and speeds weighted by size).",
+    ]
+    if corpus["skipped"]:
+        lines.append("* Not measured: " + "; ".join(f"{k}: {v}" for k, v in
+                                                   corpus["skipped"].items()) + ".")
+    return "\n".join(lines)
+
+
 # -- the run ---------------------------------------------------------------------
 
 def baseline_codecs() -> tuple[list[Codec], dict]:
@@ -614,7 +869,8 @@ def environment(threads: int, backend_names: list[str], skipped: dict) -> dict:
             "python": platform.python_version(), "platform": platform.platform(),
             "cpu": cpu, "threads": threads,
             "versions": {p: version(p) for p in ("floatzip", "numpy", "numba", "torch",
-                                                 "zstandard", "lz4", "zipnn", "safetensors")},
+                                                 "zstandard", "lz4", "zipnn", LMZ_PACKAGE,
+                                                 "safetensors")},
             "floatzip_backends": backend_names, "skipped": skipped}
 
 
@@ -827,7 +1083,22 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic weights (default 0)")
     p.add_argument("--update-readme", action="store_true",
                    help=f"also put the tables into {os.path.relpath(README)} between its markers")
+    p.add_argument("--corpus", default=None, metavar="DIR",
+                   help="also measure every .safetensors file in DIR (see ../shared/corpus/): "
+                        "whole-file ratios next to zipnn, lmz and zstd-3, bounds, 1-thread speeds")
+    p.add_argument("--corpus-only", action="store_true",
+                   help="with --corpus: skip MiniLM-L6 and the synthetic weights")
+    p.add_argument("--corpus-repeats", type=int, default=3, metavar="R",
+                   help="timed repeats for the corpus speeds, median reported (default 3)")
     args = p.parse_args(argv)
+    if args.corpus_only and not args.corpus:
+        p.error("--corpus-only needs --corpus DIR")
+    if args.corpus_only and args.update_readme:
+        p.error("--update-readme replaces the MiniLM/synthetic tables: not with --corpus-only")
+    if args.corpus and not os.path.isdir(args.corpus):
+        p.error(f"--corpus {args.corpus}: not a directory")
+    if args.corpus_repeats < 1:
+        p.error("--corpus-repeats must be at least 1")
     if args.synthetic_weights is None:
         args.synthetic_weights = 4_000_000 if args.quick else 100_000_000
     if args.repeats is None:
@@ -858,7 +1129,7 @@ def main(argv=None) -> int:
                "environment": environment(args.threads, backend_names, skipped),
                "reference_dataset": REFERENCE_DATASET, "datasets": []}
     problems = {}
-    for ds in datasets(args):
+    for ds in ([] if args.corpus_only else datasets(args)):
         entry = run_dataset(ds, args, args.threads, backend_names, codecs)
         for name, check in entry["backend_checks"].items():
             problems.setdefault(name, [])
@@ -867,19 +1138,33 @@ def main(argv=None) -> int:
         del ds
     results["backend_problems"] = problems
     results["targets"] = target_checks(results)
+    if args.corpus:
+        corpus_start = time.perf_counter()
+        results["corpus"] = run_corpus(args, backend_names, dict(skipped))
+        results["corpus"]["elapsed_s"] = time.perf_counter() - corpus_start
     results["elapsed_s"] = time.perf_counter() - _T0
 
-    table = markdown_table(results)
-    report = "\n\n".join([notes(results, args), table, "Targets:", targets_table(results)])
-    _atomic_write(os.path.join(args.out, "results.md"), lambda f: f.write(report + "\n"))
+    parts = []
+    if results["datasets"]:
+        parts = [notes(results, args), markdown_table(results), "Targets:",
+                 targets_table(results)]
+    report = "\n\n".join(parts)
+    if args.corpus:
+        corpus_report = "\n\n".join([corpus_notes(results, results["corpus"]),
+                                      corpus_table(results["corpus"])])
+        parts += ["Corpus:" if parts else "", corpus_report]
+    full = "\n\n".join(p for p in parts if p)
+    _atomic_write(os.path.join(args.out, "results.md"), lambda f: f.write(full + "\n"))
     _atomic_write(os.path.join(args.out, "results.json"),
                   lambda f: json.dump(results, f, indent=1, default=str))
-    plot(results, os.path.join(args.out, "ratio_vs_speed.png"))
+    if results["datasets"]:
+        plot(results, os.path.join(args.out, "ratio_vs_speed.png"))
     if args.update_readme:
         update_readme(README, report)
+    report = full
     print(report)
-    log(f"done in {results['elapsed_s']:.0f} s; wrote {args.out}/results.md, results.json, "
-        "ratio_vs_speed.png")
+    log(f"done in {results['elapsed_s']:.0f} s; wrote {args.out}/results.md, results.json"
+        + (", ratio_vs_speed.png" if results["datasets"] else ""))
     return 0
 
 
