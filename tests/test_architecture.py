@@ -10,7 +10,7 @@ ROOT = os.path.dirname(floatzip.__file__)
 
 # Top-level module or package -> layer (docs/ARCHITECTURE.md).
 LAYERS = {
-    "errors": 0, "dtypes": 0, "stats": 0, "io_utils": 0, "progress": 0, "results": 0,
+    "errors": 0, "dtypes": 0, "stats": 0, "memory": 0, "io_utils": 0, "progress": 0, "results": 0,
     "format": 1, "codecs": 1,
     "backends": 2,
     "decode": 3, "encode": 3, "background_writer": 3,

@@ -98,10 +98,8 @@ def test_encodes_the_reference_bytes_or_refuses(backend, coded):
                           numpy_ref.histogram(bits, layout.width, top))
     if enc.codec != CODEC_TANS:
         return
-    g = enc.geometry
-    args = dict(width=g.width, symbol_bits=g.symbol_bits, table_log=g.table_log,
-                first_symbol=g.first_symbol, lane_symbols=g.lane_symbols)
-    lane_sizes, payload, raw = backend.encode(bits, args, enc.counts, workers=2)
+    lane_sizes, payload, raw = backend.encode(bits, enc.geometry.encode_args(), enc.counts,
+                                              workers=2)
     assert np.array_equal(lane_sizes, enc.lane_sizes)
     assert payload.tobytes() == enc.payload.tobytes() and raw.tobytes() == enc.raw.tobytes()
 

@@ -74,15 +74,25 @@ def decompress_file(src, dst, *, workers=None, backend=None, progress=False,
     with open(src, "rb", buffering=0) as f, \
             _job_progress(progress, os.path.getsize(src), os.path.basename(src)) as bar, \
             atomic_output(dst, mode=file_mode(src), overwrite=overwrite) as out:
-        decoder = StreamDecoder(fz, f.fileno(), backend=backend, workers=workers)
         with BackgroundWriter(out.fileno()) as writer:
             writer.write(len(source.raw).to_bytes(8, "little") + source.raw)
-            for name in source.tensors:      # in data-offset order: the output is sequential
-                for piece in _moving(bar, fz.tensors[name], decoder.chunks(name)):
-                    writer.write(piece)
-        bar.advance(fz.header.data_start)
+            for _, piece in _decoded(fz, f.fileno(), bar, backend, workers):
+                writer.write(piece)
     return {"original_bytes": os.path.getsize(dst), "compressed_bytes": os.path.getsize(src),
             "tensors": len(source.tensors)}
+
+
+def _decoded(fz: container.FloatzipFile, fd: int, bar: Progress, backend, workers):
+    """(tensor name, piece) of every tensor's original bytes, in the order
+    of the original file's data (so: the restored file's bytes after its
+    header, in order), moving the bar through the whole compressed file.
+    Each tensor's checksum is checked after its last piece (see
+    StreamDecoder.chunks), before the next tensor's first."""
+    decoder = StreamDecoder(fz, fd, backend=backend, workers=workers)
+    for name in fz.source.tensors:
+        for piece in _moving(bar, fz.tensors[name], decoder.chunks(name)):
+            yield name, piece
+    bar.advance(fz.header.data_start)
 
 
 def _moving(bar: Progress, stored, pieces):
@@ -187,19 +197,19 @@ def _verify_file(original: str, compressed: str, *, workers, backend,
             pread_exact(fd, head, 0, original)
             if head.tobytes() != expected:
                 return VerifyResult(False, [f"{compressed}: header differs from {original}'s"])
-            decoder = StreamDecoder(fz, c.fileno(), backend=backend, workers=workers)
-            want = None
-            for name, entry in fz.source.tensors.items():
-                offset = fz.source.data_start + entry.begin
-                same = True
-                for piece in _moving(bar, fz.tensors[name], decoder.chunks(name)):
-                    if want is None or want.size < piece.size:
-                        want = np.empty(piece.size, dtype=np.uint8)
-                    pread_exact(fd, want[:piece.size], offset, original)
-                    same = same and np.array_equal(want[:piece.size], piece)
-                    offset += piece.size
-                if not same:        # the tensor was decoded to its end: its checksum held
-                    return VerifyResult(False, [f"{compressed}: tensor {name!r} differs from {original}"])
+            want, offset, differs = None, fz.source.data_start, None
+            for name, piece in _decoded(fz, c.fileno(), bar, backend, workers):
+                if differs is not None and name != differs:
+                    break           # that tensor was decoded to its end: its checksum held
+                if want is None or want.size < piece.size:
+                    want = np.empty(piece.size, dtype=np.uint8)
+                pread_exact(fd, want[:piece.size], offset, original)
+                if not np.array_equal(want[:piece.size], piece):
+                    differs = name
+                offset += piece.size
+            if differs is not None:
+                return VerifyResult(False, [f"{compressed}: tensor {differs!r} differs from "
+                                            f"{original}"])
     except FloatzipError as exc:
         return VerifyResult(False, [str(exc)])
     return VerifyResult(True, [])
@@ -237,10 +247,8 @@ def _check_file(path: str, *, workers, backend, progress=False) -> VerifyResult:
         fz = container.FloatzipFile(path)
         with open(path, "rb", buffering=0) as f, \
                 _job_progress(progress, os.path.getsize(path), os.path.basename(path)) as bar:
-            decoder = StreamDecoder(fz, f.fileno(), backend=backend, workers=workers)
-            for name in fz.source.tensors:
-                for _ in _moving(bar, fz.tensors[name], decoder.chunks(name)):
-                    pass
+            for _ in _decoded(fz, f.fileno(), bar, backend, workers):
+                pass
     except UnsupportedError:
         raise
     except FloatzipError as exc:

@@ -3,7 +3,6 @@ with bounded memory; the one place that wraps a decoder's error with the
 file and the tensor it is about."""
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterator
 
 import numpy as np
@@ -11,11 +10,14 @@ import xxhash
 
 from . import backends
 from .codecs import registry
+from .codecs.base import Filling
 from .codecs.encoded import CODEC_RAW, CODEC_TANS, EncodedTensor, checksum
 from .codecs.layout import LANES
+from .codecs.tans_codec import TansParts
 from .dtypes import FLOAT_LAYOUTS
 from .errors import CorruptDataError
 from .format import container
+from .memory import empty_faulted
 
 # Original bytes decoded per step of a streamed decode: large enough that a
 # step's fixed costs vanish and two threads share it, small enough that a
@@ -29,27 +31,23 @@ def decode_stored(fz: container.FloatzipFile, name: str, backend, workers, verif
     """One whole tensor's original bytes (uint8, flat), checksum-verified
     unless ``verify`` is False. ``mapped``: read through the file's memory
     map (zero-copy); otherwise the blob is read into memory first."""
-    t = fz.tensors.get(name)
-    if t is None:
-        fz._get(name)                   # the reader's error for an unknown name
+    t = fz._get(name)
     blob = fz.blob(name, mapped=mapped)
-    out = np.empty(t.source.nbytes, dtype=np.uint8)
-    if workers > 1:
-        # Fault the fresh pages in here, one thread: several threads faulting
-        # NumPy's transparent huge pages at once serialise badly (2 threads
-        # decoded a 47 MB tensor at 0.6 GB/s instead of 3.6 on one).
-        out[::4096] = 0
+    out = (empty_faulted if workers > 1 else np.empty)(t.source.nbytes, np.uint8)
     try:
         parts = fz.sections(name, blob=blob)
         t.codec.decode_into(parts.opened, t.source.dtype, container.blob_reader(blob), out,
                             backend=backends.select(backend), workers=workers)
         if verify and checksum(out) != parts.checksum:
-            raise CorruptDataError(
-                f"decoded bytes fail their xxh3-64 checksum (expected {parts.checksum:016x}, "
-                f"got {checksum(out):016x})")
+            raise checksum_error(parts.checksum, checksum(out))
     except CorruptDataError as exc:
         raise _about(exc, fz, name) from None
     return out
+
+
+def checksum_error(expected: int, got: int) -> CorruptDataError:
+    return CorruptDataError(f"decoded bytes fail their xxh3-64 checksum (expected "
+                            f"{expected:016x}, got {got:016x})")
 
 
 def _about(exc: CorruptDataError, fz: container.FloatzipFile, name: str) -> CorruptDataError:
@@ -109,9 +107,7 @@ class StreamDecoder:
                 digest.update(piece)
                 yield piece
             if digest.intdigest() != parts.checksum:
-                raise CorruptDataError(
-                    f"decoded bytes fail their xxh3-64 checksum (expected "
-                    f"{parts.checksum:016x}, got {digest.intdigest():016x})")
+                raise checksum_error(parts.checksum, digest.intdigest())
         except CorruptDataError as exc:
             raise _about(exc, fz, name) from None
 
@@ -145,72 +141,68 @@ def decode_group_range(fz: container.FloatzipFile, name: str, g0: int, g1: int, 
     blob = fz.blob(name)
     try:
         parts = fz.sections(name, blob=blob)
-        g = parts.geometry
-        group_bytes = LANES * g.lane_symbols * (g.width // 8)
-        out = np.empty(min(g1 * group_bytes, g.count * (g.width // 8)) - g0 * group_bytes,
-                       dtype=np.uint8)
-        position = 0
-
-        def buffer(nbytes: int, key: str = "out") -> np.ndarray:
-            return (out[position:position + nbytes] if key == "out"
-                    else np.empty(nbytes, dtype=np.uint8))
-
-        for piece in registry.get(CODEC_TANS).decode_groups(
-                g, parts.opened.parts, parts.stored.source.dtype, container.blob_reader(blob),
-                buffer, g0, g1, backend=backends.select(backend), workers=workers,
-                step_bytes=out.size):
-            position += piece.size
+        return _tans_groups(parts.geometry, parts.opened.parts, parts.stored.source.dtype,
+                            container.blob_reader(blob), g0, g1, backend, workers)
     except CorruptDataError as exc:
         raise _about(exc, fz, name) from None
+
+
+def _tans_groups(g, parts, dtype: str, read, g0: int, g1: int, backend,
+                 workers: int) -> np.ndarray:
+    """Groups ``g0..g1-1`` of a tans blob, in one new array (uint8)."""
+    itemsize = g.width // 8
+    group = LANES * g.lane_symbols
+    out = np.empty((min(g1 * group, g.count) - g0 * group) * itemsize, dtype=np.uint8)
+    for _ in registry.get(CODEC_TANS).decode_groups(
+            g, parts, dtype, read, Filling(out), g0, g1, backend=backends.select(backend),
+            workers=workers, step_bytes=out.size):
+        pass
     return out
 
 
 def decode_tensor(enc: EncodedTensor, *, backend=None, workers: int = 1,
                   verify: bool = True) -> np.ndarray:
     """Original bytes (uint8, flat) of a validated EncodedTensor."""
-    if enc.codec == CODEC_RAW:
+    if enc.codec == CODEC_RAW:                  # the bytes themselves, not a copy
         out = np.asarray(enc.raw, dtype=np.uint8)
-    else:
-        layout = FLOAT_LAYOUTS[enc.dtype]
-        impl = backends.get(backend)
-        bits = impl.decode(enc.geometry, enc.counts, enc.lane_sizes, enc.payload, enc.raw,
-                           layout.storage, workers=workers)
-        out = bits.view(np.uint8)
-    if verify and checksum(out) != enc.checksum:
-        raise CorruptDataError(
-            f"decoded bytes fail their xxh3-64 checksum (expected {enc.checksum:016x}, "
-            f"got {checksum(out):016x})")
+        if verify and checksum(out) != enc.checksum:
+            raise checksum_error(enc.checksum, checksum(out))
+        return out
+    out = (empty_faulted if workers > 1 else np.empty)(enc.original_bytes, np.uint8)
+    decode_encoded_into(enc, out, backend=backend, workers=workers, verify=verify)
     return out
 
 
 def decode_encoded_groups(enc: EncodedTensor, g0: int, g1: int, *, backend=None,
-                       workers: int = 1) -> np.ndarray:
-    """Values ``[g0·32K, min(g1·32K, n))`` of a tans-coded tensor, as bits
-    (its storage dtype), decoding only groups ``g0..g1-1``.
-
-    Groups are independent (docs/FORMAT.md, section 5): their lanes are
-    contiguous in the payload and their raw fields in the raw section, which
-    start on a byte boundary since a group holds a multiple of 8 values; so
-    the groups form a smaller coded tensor of the same parameters, which the
-    back end decodes with its usual checks. Only a checksum cannot be
-    checked on part of a tensor."""
+                          workers: int = 1) -> np.ndarray:
+    """The original bytes (uint8) of groups ``g0..g1-1`` of a tans-coded
+    EncodedTensor, decoding only those (docs/FORMAT.md, section 5: groups
+    are independent). Only a checksum cannot be checked on part of a
+    tensor."""
     g = enc.geometry
-    group = LANES * g.lane_symbols
-    starts = np.zeros(g.lanes + 1, dtype=np.int64)
-    np.cumsum(np.asarray(enc.lane_sizes, dtype=np.int64), out=starts[1:])
-    v0, v1 = g0 * group, min(g1 * group, g.count)
-    payload = enc.payload[starts[LANES * g0]:starts[LANES * g1]]
-    raw = enc.raw[v0 * g.raw_bits // 8:(v1 * g.raw_bits + 7) // 8]
-    part = dataclasses.replace(g, count=v1 - v0, payload_bytes=int(payload.size))
-    storage = FLOAT_LAYOUTS[enc.dtype].storage
-    return backends.get(backend).decode(part, enc.counts, enc.lane_sizes[LANES * g0:LANES * g1],
-                                        payload, raw, storage, workers=workers)
+    sec = g.sections()
+
+    def read(offset: int, length: int, out=None) -> np.ndarray:
+        # The ranges decode_groups asks of the payload and raw sections,
+        # which an EncodedTensor holds as separate arrays.
+        for key, data in (("payload", enc.payload), ("raw", enc.raw)):
+            start = sec[key][0]
+            if start <= offset and offset + length <= start + sec[key][1]:
+                return np.asarray(data[offset - start:offset - start + length])
+        raise AssertionError(f"bytes {offset}..{offset + length} are in no section")
+
+    return _tans_groups(g, TansParts(np.asarray(enc.counts), np.asarray(enc.lane_sizes)),
+                        enc.dtype, read, g0, g1, backend, workers)
+
+
+def _prefixed(exc: CorruptDataError, where: str) -> CorruptDataError:
+    return CorruptDataError(f"{where}: {exc}") if where else exc
 
 
 def decode_encoded_into(enc: EncodedTensor, out: np.ndarray, *, backend=None, workers: int = 1,
-                verify: bool = True, where: str = "") -> None:
+                        verify: bool = True, where: str = "") -> None:
     """Decode ``enc`` into ``out`` (uint8, exactly its original size);
-    errors start with ``where``."""
+    errors start with ``where`` when given."""
     if enc.codec == CODEC_RAW:
         np.copyto(out, np.asarray(enc.raw, dtype=np.uint8))
     else:
@@ -220,14 +212,13 @@ def decode_encoded_into(enc: EncodedTensor, out: np.ndarray, *, backend=None, wo
         try:
             impl.decode(*args, workers=workers, out=out.view(storage))
         except CorruptDataError as exc:
-            raise CorruptDataError(f"{where}: {exc}") from None
+            raise _prefixed(exc, where) from None
     if verify and checksum(out) != enc.checksum:
-        raise CorruptDataError(f"{where}: decoded bytes fail their xxh3-64 checksum "
-                               f"(expected {enc.checksum:016x}, got {checksum(out):016x})")
+        raise _prefixed(checksum_error(enc.checksum, checksum(out)), where)
 
 
 def decode_encoded_rows(enc: EncodedTensor, rows: np.ndarray, *, backend=None,
-                workers: int = 1) -> np.ndarray:
+                        workers: int = 1) -> np.ndarray:
     """Rows ``rows`` (sorted, unique) of a 2-D tensor, as a uint8 array
     [len(rows), row bytes], decoding only the groups they touch."""
     n_rows, width = enc.shape
@@ -247,7 +238,7 @@ def decode_encoded_rows(enc: EncodedTensor, rows: np.ndarray, *, backend=None,
         while j < len(rows) and first[j] <= g1:
             g1 = max(g1, int(last[j]) + 1)
             j += 1
-        values = decode_encoded_groups(enc, g0, g1, backend=backend, workers=workers).view(np.uint8)
+        values = decode_encoded_groups(enc, g0, g1, backend=backend, workers=workers)
         base = g0 * group * itemsize
         for k in range(i, j):
             at = int(rows[k]) * width * itemsize - base

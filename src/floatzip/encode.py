@@ -121,9 +121,8 @@ def reserved_header_bytes(header: Header, lane_symbols: int, stays_raw=None) -> 
                                    lane_symbols=lane_symbols, payload_bytes=entry.nbytes)
             worst = container.tensor_params_of(CODEC_TANS, "0" * 16, widest, bound)
         params[name] = worst
-        entries.append((name, entry.nbytes, total))
-    text = build_header(container.floatzip_metadata(header.raw, params),
-                        [(name, "U8", [nbytes], 0) for name, nbytes, _ in entries])
+        entries.append((name, "U8", [entry.nbytes], 0))
+    text = build_header(container.floatzip_metadata(header.raw, params), entries)
     # build_header wrote offsets [0, 0] for every entry: widen them to the
     # largest offset, whose decimal form is the longest any can take.
     widest = 2 * (len(str(total)) - 1) * len(entries)
@@ -211,14 +210,12 @@ class _TensorWriter:
         count = entry.nbytes // layout.storage.itemsize
         itemsize = layout.storage.itemsize
         group = LANES * choice.lane_symbols
-        groups = -(-count // group)
-        lane_sizes = np.zeros(groups * LANES, dtype="<u2")
-        counts_at = 0
-        sizes_at = pad8(2 * len(choice.counts))
-        payload_at = pad8(sizes_at + lane_sizes.nbytes)
-        args = dict(width=layout.width, symbol_bits=choice.symbol_bits,
-                    table_log=choice.table_log, first_symbol=choice.first_symbol,
-                    lane_symbols=choice.lane_symbols)
+        # Where the sections go: the payload's size is known only once it is
+        # coded, and nothing before it depends on it.
+        planned = model.geometry_for(choice, layout, count, payload_bytes=0)
+        lane_sizes = np.zeros(planned.lanes, dtype="<u2")
+        payload_at = planned.sections()["payload"][0]
+        args = planned.encode_args()
         # A tensor read whole is coded in one step; a larger one in steps of
         # STEP_BYTES, whose coded output (up to ~2x its size, with the writer
         # holding the previous step's) stays well inside the memory bound.
@@ -257,22 +254,18 @@ class _TensorWriter:
             return None
         sections = geometry.sections()
         raw_at = sections["raw"][0]
-        zeros = np.zeros(8, dtype=np.uint8)
         out = self._out_fd
-        pwrite_all(out, np.asarray(choice.counts, dtype="<u2"), dst_offset + counts_at)
-        pwrite_all(out, zeros[:sizes_at - 2 * len(choice.counts)],
-                   dst_offset + 2 * len(choice.counts))
-        pwrite_all(out, lane_sizes, dst_offset + sizes_at)
-        pwrite_all(out, zeros[:payload_at - sizes_at - lane_sizes.nbytes],
-                   dst_offset + sizes_at + lane_sizes.nbytes)
-        pwrite_all(out, zeros[:raw_at - payload_at - payload_bytes],
-                   dst_offset + payload_at + payload_bytes)
+        pwrite_all(out, np.asarray(choice.counts, dtype="<u2"),
+                   dst_offset + sections["counts"][0])
+        pwrite_all(out, lane_sizes, dst_offset + sections["lane_sizes"][0])
         if spill:
             _copy_range(scratch.fileno(), 0, out, dst_offset + raw_at, raw_bytes, self._dst)
         else:       # written while the next tensor is read and coded
             self._writer.write_at(raw_parts, dst_offset + raw_at)
-        pwrite_all(out, zeros[:geometry.blob_bytes - raw_at - raw_bytes],
-                   dst_offset + raw_at + raw_bytes)
+        zeros = np.zeros(8, dtype=np.uint8)
+        for key in ("counts", "lane_sizes", "payload", "raw"):     # the padding after each
+            end = sum(sections[key])
+            pwrite_all(out, zeros[:pad8(end) - end], dst_offset + end)
         params = container.tensor_params_of(CODEC_TANS, raw_params["xxh3"], geometry,
                                             raw_params[container.BOUND_FIELD])
         return params, geometry.blob_bytes
@@ -339,9 +332,7 @@ def encode_tensor(data: np.ndarray, dtype: str, shape, *, backend=None, workers:
         choice = model.choose_coding(hist, layout, bits.size, table_log=table_log,
                                      lane_symbols=lane_symbols)
         if choice is not None:
-            args = dict(width=layout.width, symbol_bits=choice.symbol_bits,
-                        table_log=choice.table_log, first_symbol=choice.first_symbol,
-                        lane_symbols=choice.lane_symbols)
+            args = model.geometry_for(choice, layout, bits.size, 0).encode_args()
             lane_sizes, payload, raw = impl.encode(bits, args, choice.counts, workers=workers)
             geometry = model.geometry_for(choice, layout, bits.size, int(payload.size))
             if geometry.blob_bytes < raw_bytes.size:

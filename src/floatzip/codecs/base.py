@@ -78,18 +78,27 @@ class Codec(ABC):
                     backend, workers: int) -> None:
         """The whole tensor's original bytes into ``out`` (uint8, exactly
         its size), in as few steps as the codec takes."""
-        position = 0
-
-        def buffer(nbytes: int, key: str = "out") -> np.ndarray:
-            if key == "out":            # each step's piece in its place in out
-                return out[position:position + nbytes]
-            return np.empty(nbytes, dtype=np.uint8)
-
-        for piece in self.decode_steps(opened, dtype, read, buffer, backend=backend,
+        fill = Filling(out)
+        for piece in self.decode_steps(opened, dtype, read, fill, backend=backend,
                                        workers=workers, step_bytes=max(out.size, 1)):
-            target = out[position:position + piece.size]
-            if not np.shares_memory(piece, target):     # a memory read's view
-                target[...] = piece
-            position += piece.size
-        if position != out.size:
-            raise AssertionError(f"{self.codec_id} decoded {position} bytes of {out.size}")
+            if not np.shares_memory(piece, fill.last):  # a memory read's view
+                fill.last[...] = piece
+        if fill.position != out.size:
+            raise AssertionError(f"{self.codec_id} decoded {fill.position} bytes of {out.size}")
+
+
+class Filling:
+    """A Buffer that hands out ``out`` piece after piece, each step's "out"
+    where its bytes belong (``last``: the latest), and new scratch arrays:
+    decoding into a caller's array with no copy."""
+
+    def __init__(self, out: np.ndarray):
+        self.out, self.position = out, 0
+        self.last = out[:0]
+
+    def __call__(self, nbytes: int, key: str = "out") -> np.ndarray:
+        if key != "out":
+            return np.empty(nbytes, dtype=np.uint8)
+        self.last = self.out[self.position:self.position + nbytes]
+        self.position += nbytes
+        return self.last

@@ -73,6 +73,11 @@ class CodedGeometry:
     def blob_bytes(self) -> int:
         return self.sections()["end"][0]
 
+    def encode_args(self) -> dict:
+        """What a back end's encode takes of the geometry (backends/base.py)."""
+        return dict(width=self.width, symbol_bits=self.symbol_bits, table_log=self.table_log,
+                    first_symbol=self.first_symbol, lane_symbols=self.lane_symbols)
+
 
 def lane_symbol_counts(count: int, lane_symbols: int) -> np.ndarray:
     """Number of symbols in each lane (int64[lanes]); only the last group

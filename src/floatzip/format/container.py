@@ -47,11 +47,10 @@ def is_floatzip_metadata(metadata: dict | None) -> bool:
     key of floatzip's prefix does."""
     return bool(metadata) and any(key.startswith(FLOATZIP_PREFIX) for key in metadata)
 
+
 # Informative, optional: the order-0 entropy bound of the tensor (its exponent
 # at its entropy, every other bit raw) in bits, shown by `floatzip info`.
 BOUND_FIELD = "bound_bits"
-_TANS_FIELDS = ("codec", "symbol_bits", "table_log", "first_symbol", "table_symbols",
-                "lane_symbols", "payload_bytes", "xxh3")
 
 
 # -- writing -----------------------------------------------------------------
@@ -95,8 +94,7 @@ def _hex_checksum(data: bytes) -> str:
     return f"{checksum(np.frombuffer(data, dtype=np.uint8)):016x}"
 
 
-def write_file(dst, source_header: bytes, tensors, mode: int | None = None, *,
-               overwrite: bool = True) -> int:
+def write_file(dst, source_header: bytes, tensors, mode: int | None = None) -> int:
     """Write a floatzip file from (name, EncodedTensor) pairs, atomically,
     with permission bits ``mode`` (default: the umask's). Blobs go to a
     scratch file as they come (memory stays near one tensor), then behind
@@ -122,7 +120,7 @@ def write_file(dst, source_header: bytes, tensors, mode: int | None = None, *,
             raise FormatError(f"{dst}: the floatzip header would be {len(header)} bytes, over "
                               f"the {MAX_HEADER_BYTES}-byte limit of safetensors readers (the "
                               "source's metadata is too large); keep this file uncompressed")
-        with atomic_output(dst, mode, overwrite=overwrite) as out:
+        with atomic_output(dst, mode) as out:
             out.write(len(header).to_bytes(8, "little"))
             out.write(header)
             scratch.seek(0)

@@ -21,7 +21,8 @@ from .dispatch import call_kernel
 from .intrinsics import decode_steps, load_u64
 from .packing import E_NBITS_SHIFT, E_OUT_SHIFT, LOAD_BYTES, NJIT, RAW_SLACK
 from .tables import decode_table, entry_out_shift
-from .threads import empty_faulted, run_jobs, split_groups
+from ...memory import empty_faulted
+from .threads import run_jobs, split_groups
 
 # Decoder failure kinds (err[2])
 _BAD_SIZE = 1

@@ -4,7 +4,7 @@ The kernels release the GIL, so plain Python threads run them in parallel:
 work is cut into contiguous ranges (:func:`split_groups` for the coder,
 :func:`split_values` for the histogram), each big enough to be worth a
 thread, and run on one pool shared by every call (:func:`run_jobs`).
-:func:`empty_faulted` makes the output that several threads will fill.
+The output several threads fill is made by floatzip.memory.empty_faulted.
 """
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ import itertools
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-import numpy as np
 
 # Below this many values per thread, handing work to a thread costs more
 # than it saves. (Tests lower it to split even small tensors.)
@@ -55,21 +54,3 @@ def run_jobs(jobs, fn, workers: int):
     futures = [pool.submit(fn, job) for job in jobs[1:]]
     first = fn(jobs[0])
     return [first] + [f.result() for f in futures]
-
-
-# Bytes between two writes that fault in every page of a fresh buffer.
-_PAGE_BYTES = 4096
-
-
-def empty_faulted(n: int, dtype) -> np.ndarray:
-    """np.empty(n, dtype) with every page already faulted in, by this thread.
-
-    A fresh output that several threads then fill concurrently makes them
-    fault its pages in at the same time; with NumPy's transparent huge
-    pages (it asks for them on large arrays) the kernel serialises those
-    faults so badly that two threads decoding a 47 MB tensor ran at 0.6
-    GB/s instead of 3.6 on one (2 cores, Linux 6.18). Touching one byte a
-    page first costs one thread what one thread would have paid anyway."""
-    out = np.empty(n, dtype=dtype)
-    out.view(np.uint8)[::_PAGE_BYTES] = 0
-    return out
