@@ -1,7 +1,9 @@
 """Whole commands on a whole file, as a user times them: `floatzip compress`,
 `decompress`, `check` and `verify` next to `zstd -3`, `zstd -d` and `cp` (the
 floor: what reading and writing the bytes costs here), each a fresh process
-on a file in a warm page cache. Wall time and peak RSS, median of N runs,
+on a file in a warm page cache. compress and decompress run twice: as they
+are (waiting for the disk: fsync) and with --no-fsync, which neither zstd
+nor cp waits for either. Wall time and peak RSS, median of N runs,
 the tools' runs interleaved so that a noisy stretch hits them all alike.
 
     python benchmarks/bench_cli.py [--size-gb 2] [--runs 5] [--dir DIR] [--keep]
@@ -103,7 +105,11 @@ def main() -> None:
     # (label, command, output to remove before the run)
     jobs = [("cp (floor: read + write)", ["cp", src, out], out),
             ("floatzip compress", floatzip + ["compress", "-q", "-f", src, fz], fz),
+            ("floatzip compress --no-fsync",
+             floatzip + ["compress", "-q", "-f", "--no-fsync", src, fz], fz),
             ("floatzip decompress", floatzip + ["decompress", "-q", "-f", fz, out], out),
+            ("floatzip decompress --no-fsync",
+             floatzip + ["decompress", "-q", "-f", "--no-fsync", fz, out], out),
             ("floatzip check", floatzip + ["check", fz], None),
             ("floatzip verify", floatzip + ["verify", src, fz], None)]
     if zstd:

@@ -422,7 +422,7 @@ def test_a_failed_job_leaves_nothing_and_names_the_output(tmp_path, rng, monkeyp
     src = make_model_dir(tmp_path / "model", rng)
     packed = tmp_path / "packed"
 
-    def full_disk(src_path, dst_path, *, progress):
+    def full_disk(src_path, dst_path, *, progress, fsync=True):
         raise OSError(28, "No space left on device", dst_path)
     monkeypatch.setattr(directory, "_copy_file", full_disk, raising=False)
     with pytest.raises(OSError) as info:

@@ -5,7 +5,9 @@ as decoding the same bytes does, and on a busy disk it stalls for seconds
 once the dirty pages pile up. Done in line, every step waits for both. Here
 the caller decodes step ``i + 1`` while this thread writes step ``i``, and
 each written range is handed to the disk at once (``sync_file_range``), so
-dirty pages never pile up and the final fsync finds little left to do.
+dirty pages never pile up and the final fsync finds little left to do. An
+output that will not be fsynced (``writeback=False``) gets no early
+writeback: there it would only cost time.
 """
 from __future__ import annotations
 
@@ -39,8 +41,11 @@ class BackgroundWriter:
     is still being written: after ``write(piece)`` returns, the piece given
     the call before is written and its buffer free again."""
 
-    def __init__(self, fd: int, offset: int = 0):
+    def __init__(self, fd: int, offset: int = 0, *, writeback: bool = True):
+        """``writeback`` False: ``fd`` will not be fsynced, so its ranges are
+        not sent to the disk early either."""
         self._fd = fd
+        self._writeback = writeback
         self.offset = offset
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="floatzip-writer")
         self._pending: Future | None = None
@@ -57,7 +62,8 @@ class BackgroundWriter:
         for a scratch file, which need not reach the disk."""
         previous = self._pending
         self._pending = self._pool.submit(self._write_at, pieces, offset,
-                                          self._fd if fd is None else fd, writeback)
+                                          self._fd if fd is None else fd,
+                                          writeback and self._writeback)
         if previous is not None:
             previous.result()           # raises what the write raised
 

@@ -161,12 +161,16 @@ def remove_stale_temporaries(path: str | os.PathLike) -> list[str]:
 # -- writing and publishing ----------------------------------------------------
 
 @contextlib.contextmanager
-def atomic_output(path: str | os.PathLike, mode: int | None = None, *, overwrite: bool = True):
+def atomic_output(path: str | os.PathLike, mode: int | None = None, *, overwrite: bool = True,
+                  fsync: bool = True):
     """Yield a binary file opened on a temporary sibling of ``path``; on a
     clean exit it is fsynced and becomes ``path``, on an exception it is
     removed. ``mode``: the file's permission bits (default: what the umask
     gives a new file). ``overwrite`` False: an existing ``path``, or one
-    that another job creates first, is an OutputExistsError. Callers may
+    that another job creates first, is an OutputExistsError. ``fsync``
+    False: the file gets its name without waiting for its bytes to reach
+    the disk (a crash may then leave it partial or empty under its final
+    name; no other process ever sees it partial). Callers may
     also write through the file's fileno() (os.pwrite at any offset). An
     OSError raised inside (a full disk, a file too large), whether from the
     file object or the caller's own calls on its fileno, comes out naming
@@ -186,7 +190,8 @@ def atomic_output(path: str | os.PathLike, mode: int | None = None, *, overwrite
                 f.flush()
                 # mkstemp makes the file private (0600); give it the asked or usual permissions.
                 os.fchmod(f.fileno(), (0o666 & ~_umask()) if mode is None else mode)
-                os.fsync(f.fileno())
+                if fsync:
+                    os.fsync(f.fileno())
         except OSError as exc:
             # An error of the caller's that already names a file (its input) is its own.
             if exc.errno is not None and exc.filename in (None, tmp):

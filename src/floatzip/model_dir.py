@@ -147,8 +147,10 @@ def read_manifest(directory: str) -> Manifest:
     return Manifest(path, coded, copied)
 
 
-def write_manifest(directory: str, coded: dict, copied: dict | None = None) -> int:
-    """Write ``floatzip.json`` into ``directory``; returns its size."""
+def write_manifest(directory: str, coded: dict, copied: dict | None = None, *,
+                   fsync: bool = True) -> int:
+    """Write ``floatzip.json`` into ``directory`` (fsynced unless ``fsync``
+    is False); returns its size."""
     doc = {"format": "floatzip", "version": container.FORMAT_VERSION, "files": coded}
     if copied is not None:
         doc["copied"] = copied
@@ -157,7 +159,8 @@ def write_manifest(directory: str, coded: dict, copied: dict | None = None) -> i
     with open(path, "xb") as f:
         f.write(data)
         f.flush()
-        os.fsync(f.fileno())
+        if fsync:
+            os.fsync(f.fileno())
     return len(data)
 
 
