@@ -21,19 +21,23 @@ def write_safetensors(path, tensors, metadata=None):
     return path
 
 
-def explicit_args(bits, dtype, symbol_bits, table_log, lane_symbols):
+def explicit_args(bits, dtype, symbol_bits, table_log, lane_symbols, **mapping):
     """Coding parameters for ``bits`` with a chosen symbol size, table and
-    lane length, whatever the encoder's model would pick: (args, counts)."""
-    from floatzip.backends import numpy_ref
-    from floatzip.codecs import tans
+    lane length (and format 2 ``mapping`` fields), whatever the encoder's
+    model would pick: (args, counts)."""
+    from floatzip.backends import numpy_ref  # noqa: F401  (the reference)
+    from floatzip.codecs import tans, words
+    from floatzip.codecs.layout import CodedGeometry
     from floatzip.dtypes import FLOAT_LAYOUTS
     layout = FLOAT_LAYOUTS[dtype]
-    hist = numpy_ref.histogram(bits, layout.width, symbol_bits)
+    g = CodedGeometry(count=bits.size, width=layout.width, symbol_bits=symbol_bits,
+                      table_log=table_log, first_symbol=0, table_symbols=1,
+                      lane_symbols=lane_symbols, payload_bytes=0, **mapping)
+    hist = np.bincount(words.split(bits, g)[0], minlength=1 << symbol_bits)
     used = np.flatnonzero(hist)
     first, last = int(used[0]), int(used[-1])
     counts = tans.normalize_counts(hist[first:last + 1], table_log)
-    args = dict(width=layout.width, symbol_bits=symbol_bits, table_log=table_log,
-                first_symbol=first, lane_symbols=lane_symbols)
+    args = dict(g.encode_args(), first_symbol=first)
     return args, counts
 
 

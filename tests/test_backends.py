@@ -79,20 +79,17 @@ def fp8_round(x: np.ndarray, layout) -> np.ndarray:
 
 def model_args(bits, dtype, lane_symbols=model.DEFAULT_LANE_SYMBOLS):
     layout = FLOAT_LAYOUTS[dtype]
-    hist = numpy_ref.histogram(bits, layout.width, model.histogram_bits(layout))
-    choice = model.choose_coding(hist, layout, bits.size, lane_symbols=lane_symbols)
+    stats, varying = numpy_ref.statistics(bits, layout.width, model.histogram_bits(layout))
+    choice = model.choose_coding(stats, layout, bits.size, varying=varying,
+                                 first_value=int(bits[0]), lane_symbols=lane_symbols)
     assert choice is not None, "test data should be compressible"
-    args = dict(width=FLOAT_LAYOUTS[dtype].width, symbol_bits=choice.symbol_bits,
-                table_log=choice.table_log, first_symbol=choice.first_symbol,
-                lane_symbols=choice.lane_symbols)
+    args = model.geometry_for(choice, layout, bits.size, 0).encode_args()
     return args, choice.counts
 
 
 def geometry(bits, args, counts, payload) -> CodedGeometry:
-    return CodedGeometry(count=bits.size, width=args["width"], symbol_bits=args["symbol_bits"],
-                         table_log=args["table_log"], first_symbol=args["first_symbol"],
-                         table_symbols=len(counts), lane_symbols=args["lane_symbols"],
-                         payload_bytes=int(payload.size))
+    return CodedGeometry(count=bits.size, table_symbols=len(counts),
+                         payload_bytes=int(payload.size), **args)
 
 
 _reference_cache: dict = {}
@@ -453,14 +450,20 @@ def test_checksum_catches_what_lanes_cannot(coded):
 
 @pytest.mark.parametrize("dtype", sorted(FLOAT_LAYOUTS))
 @pytest.mark.parametrize("workers", [1, 3])
-def test_histogram_matches_reference(dtype, workers):
+def test_statistics_match_reference(dtype, workers):
     layout = FLOAT_LAYOUTS[dtype]
     rng = np.random.default_rng(5)
     bits = rng.integers(0, 1 << layout.width, 700_001, dtype=np.uint64).astype(layout.storage)
     bits[:1000] = bits[0]            # runs of one value: the interleaved counters
-    for top in (1, model.histogram_bits(layout), layout.width if layout.width <= 12 else 12):
-        np.testing.assert_array_equal(nb.histogram(bits, layout.width, top, workers),
-                                      numpy_ref.histogram(bits, layout.width, top))
+    low = (bits & ~layout.storage.type(7)) | layout.storage.type(5)     # 3 constant low bits
+    for data in (bits, low, bits[:0], bits[:1]):
+        for top in (1, model.histogram_bits(layout), min(layout.width - 1, 12)):
+            counts, varying = nb.statistics(data, layout.width, top, workers)
+            ref_counts, ref_varying = numpy_ref.statistics(data, layout.width, top)
+            np.testing.assert_array_equal(counts, ref_counts)
+            assert varying == ref_varying
+    assert model.dropped_bits(nb.statistics(low, layout.width, 1, workers)[1], layout) == \
+        min(3, layout.mantissa_bits)
 
 
 def test_decode_into_out_and_bad_out_is_refused():

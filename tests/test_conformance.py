@@ -13,13 +13,19 @@ from conftest import FIXTURES
 import floatzip
 from floatzip import backends
 from floatzip.backends import numpy_ref
-from floatzip.codecs.encoded import CODEC_TANS
+from floatzip.codecs import tans, words
+from floatzip.codecs.encoded import CODEC_TANS, EncodedTensor, checksum
+from floatzip.codecs.layout import CodedGeometry
 from floatzip.encode import encode_tensor
 from floatzip.dtypes import FLOAT_LAYOUTS
 from floatzip.errors import UnsupportedError
 
-MUST_FAIL = os.path.join(FIXTURES, "v1", "must_fail")
-EXPECTED_ERRORS = json.load(open(os.path.join(MUST_FAIL, "expected_errors.json")))
+# "v1/name.fz.safetensors" -> the words its error must contain, both versions.
+EXPECTED_ERRORS = {
+    f"{version}/{name}": words
+    for version in ("v1", "v2")
+    for name, words in json.load(open(os.path.join(FIXTURES, version, "must_fail",
+                                                   "expected_errors.json"))).items()}
 
 
 @pytest.fixture(params=backends.names())
@@ -63,10 +69,62 @@ CASES = [
      for n in (1, 31, 33, 128, 129, 5000)]
 
 
-@pytest.fixture(scope="module", params=CASES, ids=[c[0] for c in CASES])
+
+def _low_bits_set(bits, dropped_bits, dropped_value):
+    """``bits`` with their low ``dropped_bits`` bits set to ``dropped_value``."""
+    mask = bits.dtype.type((1 << dropped_bits) - 1)
+    return (bits & ~mask) | bits.dtype.type(dropped_value)
+
+
+# Format 2's mappings, forced (the encoder would store these raw or pick
+# another): (case, dtype, bits, lane_symbols, symbol_bits, sign_in_symbol,
+# dropped_bits, dropped_value).
+MAPPED = [
+    ("bf16-every-value-sign-in-symbol", "BF16", np.arange(65536, dtype=np.uint16), 1024,
+     12, 1, 0, 0),
+    ("f16-every-value-sign-in-symbol", "F16", np.arange(65536, dtype=np.uint16), 64, 6, 1, 0, 0),
+    ("bf16-dropped", "BF16", _low_bits_set(np.arange(65536, dtype=np.uint16), 3, 5), 256,
+     10, 0, 3, 5),
+    ("bf16-dropped-whole-word", "BF16", _low_bits_set(np.arange(65536, dtype=np.uint16), 5, 17),
+     32, 11, 0, 5, 17),
+    ("bf16-all-mantissa-dropped-sign-in-symbol", "BF16",
+     _low_bits_set(np.arange(65536, dtype=np.uint16), 7, 0x55), 128, 8, 1, 7, 0x55),
+    ("f32-specials-sign-in-symbol-dropped", "F32", _low_bits_set(_f32_specials(), 9, 0x101), 16,
+     12, 1, 9, 0x101),
+    ("f8e4m3-every-value-sign-in-symbol", "F8_E4M3",
+     np.tile(np.arange(256, dtype=np.uint8), 4), 8, 5, 1, 0, 0),
+    ("f8e5m2-dropped", "F8_E5M2", _low_bits_set(np.tile(np.arange(256, dtype=np.uint8), 4), 1, 1),
+     8, 7, 0, 1, 1),
+    ("bf16-129-values-sign-in-symbol-dropped", "BF16",
+     _low_bits_set(_normal_bits("BF16", 129, 129), 2, 0), 4, 9, 1, 2, 0),
+]
+
+
+def forced_encoding(dtype, bits, lane_symbols, symbol_bits, sign_in_symbol, dropped_bits,
+                    dropped_value) -> EncodedTensor:
+    """``bits`` coded by the reference with exactly this mapping."""
+    layout = FLOAT_LAYOUTS[dtype]
+    g = CodedGeometry(count=bits.size, width=layout.width, symbol_bits=symbol_bits,
+                      table_log=12, first_symbol=0, table_symbols=1 << symbol_bits,
+                      lane_symbols=lane_symbols, payload_bytes=0, sign_in_symbol=sign_in_symbol,
+                      dropped_bits=dropped_bits, dropped_value=dropped_value)
+    symbols, _ = words.split(bits, g)
+    hist = np.bincount(symbols, minlength=1 << symbol_bits)
+    first, last = int(np.flatnonzero(hist)[0]), int(np.flatnonzero(hist)[-1])
+    counts = tans.normalize_counts(hist[first:last + 1], 12)
+    g = CodedGeometry(**{**g.__dict__, "first_symbol": first, "table_symbols": last - first + 1})
+    lane_sizes, payload, raw = numpy_ref.encode(bits, g.encode_args(), counts)
+    g = CodedGeometry(**{**g.__dict__, "payload_bytes": int(payload.size)})
+    return EncodedTensor(dtype, bits.shape, CODEC_TANS, checksum(bits), g, counts, lane_sizes,
+                         payload, raw)
+
+
+@pytest.fixture(scope="module", params=CASES + MAPPED, ids=[c[0] for c in CASES + MAPPED])
 def coded(request):
     """The case coded by the reference."""
-    _, dtype, bits, lane_symbols = request.param
+    _, dtype, bits, lane_symbols, *mapping = request.param
+    if mapping:
+        return dtype, bits, forced_encoding(dtype, bits, lane_symbols, *mapping)
     enc = encode_tensor(bits.view(np.uint8), dtype, bits.shape, backend="numpy",
                         lane_symbols=lane_symbols, table_log=12)
     return dtype, bits, enc
@@ -87,15 +145,16 @@ def test_decodes_the_reference_bytes(backend, coded):
 def test_encodes_the_reference_bytes_or_refuses(backend, coded):
     dtype, bits, enc = coded
     layout = FLOAT_LAYOUTS[dtype]
-    top = min(layout.width, 12, layout.exponent_bits + 4)
+    top = min(layout.width - 1, 12, layout.exponent_bits + 4)
     if not backend.can_encode:
         with pytest.raises(UnsupportedError, match="numba|numpy"):
-            backend.histogram(bits, layout.width, top)
+            backend.statistics(bits, layout.width, top)
         with pytest.raises(UnsupportedError, match="numba|numpy"):
             backend.encode(bits, {}, np.ones(1, np.uint16))
         return
-    assert np.array_equal(backend.histogram(bits, layout.width, top, workers=2),
-                          numpy_ref.histogram(bits, layout.width, top))
+    counts, varying = backend.statistics(bits, layout.width, top, workers=2)
+    ref_counts, ref_varying = numpy_ref.statistics(bits, layout.width, top)
+    assert np.array_equal(counts, ref_counts) and varying == ref_varying
     if enc.codec != CODEC_TANS:
         return
     lane_sizes, payload, raw = backend.encode(bits, enc.geometry.encode_args(), enc.counts,
@@ -115,7 +174,8 @@ def _outcome(path, out, backend_name):
 
 @pytest.mark.parametrize("name", sorted(EXPECTED_ERRORS))
 def test_must_fail_fixtures_fail_alike(backend, name, tmp_path):
-    path = os.path.join(MUST_FAIL, name)
+    version, file = name.split("/")
+    path = os.path.join(FIXTURES, version, "must_fail", file)
     expected = _outcome(path, tmp_path / "ref", "numpy")
     got = _outcome(path, tmp_path / "out", backend.name)
     assert got is not None and got[0] is expected[0], (got, expected)

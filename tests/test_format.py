@@ -1,5 +1,6 @@
-"""Format v1 golden files: valid ones decode to pinned bytes forever, damaged
-ones fail with a specific message; the worked example of docs/FORMAT.md."""
+"""Format v1 and v2 golden files: valid ones decode to pinned bytes forever,
+damaged ones fail with a specific message; the worked example of
+docs/FORMAT.md."""
 import hashlib
 import json
 import os
@@ -14,8 +15,16 @@ from floatzip.codecs.encoded import checksum
 from floatzip.format.container import FloatzipFile
 
 V1 = os.path.join(FIXTURES, "v1")
-MUST_FAIL = os.path.join(V1, "must_fail")
-EXPECTED_ERRORS = json.load(open(os.path.join(MUST_FAIL, "expected_errors.json")))
+V2 = os.path.join(FIXTURES, "v2")
+
+
+def _must_fail(folder):
+    listing = json.load(open(os.path.join(folder, "must_fail", "expected_errors.json")))
+    return {os.path.join(os.path.basename(folder), name): words for name, words in listing.items()}
+
+
+# "v1/name.fz.safetensors" -> the words its error must contain.
+EXPECTED_ERRORS = {**_must_fail(V1), **_must_fail(V2)}
 
 
 def sha256(path):
@@ -26,17 +35,18 @@ def sha256(path):
 # is mixed.fz.safetensors as floatzip wrote it before the header checksum,
 # mixed-unreserved as it wrote it before the streaming writer (the same
 # blobs, a header without the spaces that pad it to its reserved length).
-VALID = {"example-bf16": "example-bf16", "mixed": "mixed", "mixed-no-header-checksum": "mixed",
-         "mixed-unreserved": "mixed"}
+VALID = {"v1/example-bf16": "example-bf16", "v1/mixed": "mixed",
+         "v1/mixed-no-header-checksum": "mixed", "v1/mixed-unreserved": "mixed",
+         "v2/example-bf16": "example-bf16", "v2/mixed": "mixed"}
 
 
 @pytest.mark.parametrize("stem", sorted(VALID))
 @pytest.mark.parametrize("backend", ["numpy", "numba"])
 def test_valid_fixture_restores_original_bytes(tmp_path, stem, backend):
     out = tmp_path / "restored.safetensors"
-    packed = os.path.join(V1, stem + ".fz.safetensors")
+    packed = os.path.join(FIXTURES, stem + ".fz.safetensors")
     floatzip.decompress(packed, out, backend=backend)
-    original = os.path.join(V1, VALID[stem] + ".safetensors")
+    original = os.path.join(FIXTURES, os.path.dirname(stem), VALID[stem] + ".safetensors")
     assert open(out, "rb").read() == open(original, "rb").read()
     assert floatzip.check(packed, backend=backend).ok
 
@@ -50,12 +60,34 @@ def test_written_files_carry_the_header_checksum():
 
 
 @pytest.mark.parametrize("backend", ["numpy", "numba"])
-def test_encoder_reproduces_fixture_bytes(tmp_path, backend):
+@pytest.mark.parametrize("version", [1, 2])
+def test_encoder_reproduces_fixture_bytes(tmp_path, backend, version):
     # The encoder is deterministic and all back ends agree: compressing the
-    # fixture's original again gives the committed file exactly.
+    # fixture's original again gives the committed file exactly; asked for
+    # format 1, today's encoder still writes floatzip 0.1's bytes.
+    folder = V1 if version == 1 else V2
     out = tmp_path / "mixed.fz.safetensors"
-    floatzip.compress(os.path.join(V1, "mixed.safetensors"), out, backend=backend, workers=2)
-    assert sha256(out) == sha256(os.path.join(V1, "mixed.fz.safetensors"))
+    floatzip.compress(os.path.join(folder, "mixed.safetensors"), out, backend=backend, workers=2,
+                      format_version=version)
+    assert sha256(out) == sha256(os.path.join(folder, "mixed.fz.safetensors"))
+
+
+def test_v2_fixture_uses_what_format_2_adds():
+    fz = FloatzipFile(os.path.join(V2, "mixed.fz.safetensors"))
+    params = {name: t.params for name, t in fz.tensors.items()}
+    assert fz.version == 2
+    assert params["norm.ones"]["codec"] == params["bias.zeros"]["codec"] == "const"
+    assert params["f32.cast_up"]["dropped_bits"] == 16
+    assert params["f16.signed"]["sign_in_symbol"] == 1
+    assert "sign_in_symbol" not in params["bf16.weight"]       # zero fields are left out
+    assert fz.tensors["norm.ones"].blob_bytes == 2
+
+
+def test_a_file_needing_nothing_of_format_2_says_version_1(tmp_path):
+    # Readable by floatzip 0.1: the version is the highest its tensors need.
+    src = os.path.join(V1, "example-bf16.safetensors")
+    floatzip.compress(src, tmp_path / "x.fz", backend="numpy")
+    assert FloatzipFile(str(tmp_path / "x.fz")).version == 1
 
 
 def test_header_reserve_costs_a_few_bytes_a_tensor():
@@ -83,29 +115,36 @@ def test_fixture_choices_cover_both_codecs():
 
 
 # Must-fail fixtures that are not damaged, for floatzip check: what it raises.
-NOT_DAMAGE = {"not-floatzip.fz.safetensors": floatzip.FormatError,
-              "version-2.fz.safetensors": floatzip.UnsupportedError,
-              "unknown-codec.fz.safetensors": floatzip.UnsupportedError}
+NOT_DAMAGE = {"v1/not-floatzip.fz.safetensors": floatzip.FormatError,
+              "v2/version-3.fz.safetensors": floatzip.UnsupportedError,
+              "v1/unknown-codec.fz.safetensors": floatzip.UnsupportedError}
+
+
+def must_fail_path(name):
+    """"v1/x.fz.safetensors" -> its path."""
+    version, file = name.split("/")
+    return os.path.join(FIXTURES, version, "must_fail", file)
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED_ERRORS))
 def test_must_fail_fixture_is_rejected(tmp_path, name):
     out = tmp_path / "out.safetensors"
+    path = must_fail_path(name)
     with pytest.raises(floatzip.FloatzipError) as info:
-        floatzip.decompress(os.path.join(MUST_FAIL, name), out)
+        floatzip.decompress(path, out)
     assert EXPECTED_ERRORS[name] in str(info.value)
-    assert name in str(info.value)          # the message names the file
+    assert os.path.basename(name) in str(info.value)          # the message names the file
     assert not out.exists()
     assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
     # check reports the same damage as a problem, naming the file; a plain
     # safetensors file or a newer format is no damage: it raises.
     if name in NOT_DAMAGE:
         with pytest.raises(NOT_DAMAGE[name], match=EXPECTED_ERRORS[name]):
-            floatzip.check(os.path.join(MUST_FAIL, name))
+            floatzip.check(path)
     else:
-        result = floatzip.check(os.path.join(MUST_FAIL, name))
+        result = floatzip.check(path)
         assert not result.ok and EXPECTED_ERRORS[name] in result.problems[0]
-        assert name in result.problems[0]
+        assert os.path.basename(name) in result.problems[0]
 
 
 def test_worked_example_tables():
@@ -133,3 +172,15 @@ def test_compressed_file_is_valid_safetensors():
     with safe_open(path, framework="np") as f:
         assert f.metadata()["floatzip.version"] == "1"
         assert set(f.keys()) == set(FloatzipFile(path).tensors)
+
+
+def test_format_version_is_checked_and_reaches_the_cli(tmp_path):
+    src = os.path.join(V2, "mixed.safetensors")
+    with pytest.raises(floatzip.UnsupportedError, match="format_version must be 1 to 2"):
+        floatzip.compress(src, tmp_path / "x.fz", format_version=3)
+    from floatzip.cli import main
+    assert main(["compress", "-q", "--format-version", "1", src, str(tmp_path / "v1.fz")]) == 0
+    fz = FloatzipFile(str(tmp_path / "v1.fz"))
+    assert fz.version == 1 and {t.params["codec"] for t in fz.tensors.values()} <= {"raw", "tans"}
+    floatzip.decompress(tmp_path / "v1.fz", tmp_path / "back.safetensors")
+    assert open(tmp_path / "back.safetensors", "rb").read() == open(src, "rb").read()

@@ -53,19 +53,19 @@ def copy_of(path, tmp_path):
 
 def flip_raw_bit(path, name) -> str:
     """Flip one bit in the middle of the raw section of tensor ``name`` (the
-    whole blob for a tensor stored raw); returns how it is stored."""
+    whole blob for a tensor stored raw or const); returns how it is stored."""
     fz = FloatzipFile(path)
     stored = fz.tensors[name]
     g = stored.geometry
     size = stored.blob_bytes if g is None else g.raw_bytes
-    assert size > 2
+    assert size > 2 or stored.codec.codec_id == "const"
     offset = stored.blob_begin + (0 if g is None else g.sections()["raw"][0]) + size // 2
     with open(path, "r+b") as f:
         f.seek(offset)
         byte = f.read(1)[0]
         f.seek(offset)
         f.write(bytes([byte ^ 0x10]))
-    return "raw" if g is None else "tans"
+    return stored.codec.codec_id
 
 
 MODES = [("on_the_fly", False), ("on_the_fly", True), ("at_load", None)]
@@ -73,14 +73,14 @@ MODES = [("on_the_fly", False), ("on_the_fly", True), ("at_load", None)]
 # (model, tensor, how it is stored, what decodes it on the fly)
 DAMAGED = [
     ("llama", "model.layers.1.mlp.up_proj.weight", "tans", "block"),
-    ("llama", "model.layers.0.input_layernorm.weight", "raw", "block"),
+    ("llama", "model.layers.0.input_layernorm.weight", "const", "block"),     # all 1.0
     ("llama", "model.embed_tokens.weight", "tans", "embedding rows"),
     ("llama", "lm_head.weight", "tans", "head"),
-    ("llama", "model.norm.weight", "raw", "decoded at load"),
+    ("llama", "model.norm.weight", "const", "decoded at load"),
     ("llama-tied", "model.embed_tokens.weight", "tans", "embedding rows and tied head"),
     ("gpt2", "transformer.wte.weight", "tans", "embedding rows and tied head"),
     ("gpt2", "transformer.wpe.weight", "tans", "decoded at load"),
-    ("gpt2", "transformer.h.1.attn.c_attn.bias", "tans", "block"),
+    ("gpt2", "transformer.h.1.attn.c_attn.bias", "const", "block"),     # all 0
 ]
 
 

@@ -294,7 +294,7 @@ def test_single_tensor_into_typed_output(device):
 def test_backend_interface(device):
     """The contract of backends.base.Backend: decode(..., out=) on the
     device it picks itself (the CPU under the interpreter), as the
-    reference decodes; encode and histogram refused, naming what encodes."""
+    reference decodes; encode and statistics refused, naming what encodes."""
     from floatzip import backends
     from floatzip.backends.base import Backend
     assert backends.select("triton", device=device) is td
@@ -312,7 +312,7 @@ def test_backend_interface(device):
                 np.zeros(2 * g.count, dtype=np.uint16)[::2]):
         with pytest.raises(DecoderArgumentError, match="out="):
             td.decode(*args, out=bad)
-    for refused in (lambda: td.encode(None, None, None), lambda: td.histogram(None, 16, 12)):
+    for refused in (lambda: td.encode(None, None, None), lambda: td.statistics(None, 16, 12)):
         with pytest.raises(UnsupportedError, match="'numba' or 'numpy'"):
             refused()
 
@@ -603,7 +603,7 @@ def test_descriptor_columns_match_the_kernel():
     import re
     source = inspect.getsource(kernel._decode_kernel)
     reads = re.findall(r"tl\.load\(row \+ (\d+)\).*# (DESC_\w+)", source)
-    assert len(reads) == 13
+    assert len(reads) == 16
     for column, name in reads:
         assert getattr(kernel, name) == int(column), name
     assert max(int(c) for c, _ in reads) < kernel.DESC_FIELDS

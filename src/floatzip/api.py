@@ -16,6 +16,7 @@ from .encode import encode_file
 from .directory import check_directory, compress_directory, decompress_directory, verify_directory
 from .errors import FloatzipError, FormatError, OutputExistsError, UnsupportedError
 from .format import container
+from .format.container import FORMAT_VERSION
 from .format.safetensors_header import read_header
 from .io_utils import atomic_output, file_mode, pread_exact, resolve_workers
 from .model_dir import safetensors_kind
@@ -35,15 +36,24 @@ def _job_progress(progress, total: int, desc: str):
         yield bar
 
 
+def check_format_version(version) -> None:
+    if isinstance(version, bool) or version not in range(1, FORMAT_VERSION + 1):
+        raise UnsupportedError(f"format_version must be 1 to {FORMAT_VERSION} (the versions "
+                               f"this floatzip writes), got {version!r}")
+
+
 # -- single files --------------------------------------------------------------
 
 def compress_file(src, dst, *, workers=None, backend=None, progress=False,
-                  lane_symbols: int = DEFAULT_LANE_SYMBOLS, overwrite: bool = True) -> dict:
+                  lane_symbols: int = DEFAULT_LANE_SYMBOLS, overwrite: bool = True,
+                  fsync: bool = True, format_version: int = FORMAT_VERSION) -> dict:
     """Compress one .safetensors file, a step at a time (memory stays
-    bounded whatever the tensors' sizes). Returns a summary dict."""
+    bounded whatever the tensors' sizes). ``fsync``, ``format_version``: as
+    for :func:`compress`. Returns a summary dict."""
     src, dst = os.fspath(src), os.fspath(dst)
     workers = resolve_workers(workers)
     check_lane_symbols(lane_symbols)
+    check_format_version(format_version)
     try:
         f = open(src, "rb", buffering=0)
     except OSError as exc:
@@ -54,27 +64,29 @@ def compress_file(src, dst, *, workers=None, backend=None, progress=False,
             raise FormatError(f"{src}: already a floatzip file; decompress it first")
         with _job_progress(progress, header.data_start + header.data_bytes,
                            os.path.basename(src)) as bar, \
-                atomic_output(dst, mode=file_mode(src), overwrite=overwrite) as out:
+                atomic_output(dst, mode=file_mode(src), overwrite=overwrite,
+                              fsync=fsync) as out:
             count = encode_file(f.fileno(), header, out.fileno(), src=src, dst=dst,
                                 backend=backend, workers=workers, lane_symbols=lane_symbols,
-                                progress=bar)
+                                progress=bar, version=format_version, fsync=fsync)
             bar.advance(header.data_start)
     return {"original_bytes": os.path.getsize(src), "compressed_bytes": os.path.getsize(dst),
             "tensors": count}
 
 
 def decompress_file(src, dst, *, workers=None, backend=None, progress=False,
-                    overwrite: bool = True) -> dict:
+                    overwrite: bool = True, fsync: bool = True) -> dict:
     """Restore the original .safetensors file, byte for byte, a step at a
-    time (memory stays bounded whatever the tensors' sizes)."""
+    time (memory stays bounded whatever the tensors' sizes). ``fsync``: as
+    for :func:`compress`."""
     src, dst = os.fspath(src), os.fspath(dst)
     workers = resolve_workers(workers)
     fz = container.FloatzipFile(src)
     source = fz.source
     with open(src, "rb", buffering=0) as f, \
             _job_progress(progress, os.path.getsize(src), os.path.basename(src)) as bar, \
-            atomic_output(dst, mode=file_mode(src), overwrite=overwrite) as out:
-        with BackgroundWriter(out.fileno()) as writer:
+            atomic_output(dst, mode=file_mode(src), overwrite=overwrite, fsync=fsync) as out:
+        with BackgroundWriter(out.fileno(), writeback=fsync) as writer:
             writer.write(len(source.raw).to_bytes(8, "little") + source.raw)
             for _, piece in _decoded(fz, f.fileno(), bar, backend, workers):
                 writer.write(piece)
@@ -124,33 +136,53 @@ def _check_output(src: str, dst: str, overwrite: bool) -> None:
 
 
 def compress(src, dst, *, workers=None, backend=None, progress=False, overwrite=False,
-             lane_symbols: int = DEFAULT_LANE_SYMBOLS) -> dict:
+             lane_symbols: int = DEFAULT_LANE_SYMBOLS, fsync: bool = True,
+             format_version: int = FORMAT_VERSION) -> dict:
     """Compress a .safetensors file, or a model directory: every
     ``*.safetensors`` file is compressed under its own name, every other file
     copied, and a ``floatzip.json`` manifest written. An existing ``dst`` is
     replaced only with ``overwrite=True``. ``lane_symbols`` (1..4096,
     default 1024) trades size for GPU parallelism: 256 gives a GPU 4x the
-    lanes to decode at once for ~0.6% more bytes (README, GPU results)."""
+    lanes to decode at once for ~0.6% more bytes (README, GPU results).
+
+    ``fsync`` False: the output is not fsynced before the job returns, which
+    saves the wait for the disk (most of decompress's time on a large file:
+    README, whole-command results). The trade: after a power failure or an
+    OS crash the output may be missing, empty or partial on disk. Another
+    process never sees a partial output either way (it gets its name by an
+    atomic rename once complete).
+
+    ``format_version``: the newest file format version (docs/FORMAT.md) the
+    output may use; 1 keeps every file readable by floatzip 0.1, at the cost
+    of what format 2 saves (constant tensors, the sign coded with the
+    exponent, bits that never vary). Either way a file is written in the
+    lowest version its tensors need."""
     src, dst = os.fspath(src), os.fspath(dst)
     _check_output(src, dst, overwrite)
     check_lane_symbols(lane_symbols)
+    check_format_version(format_version)
     if os.path.isdir(src):
         return compress_directory(src, dst, compress_file, overwrite=overwrite,
                                   progress=progress, workers=workers, backend=backend,
-                                  lane_symbols=lane_symbols)
+                                  lane_symbols=lane_symbols, fsync=fsync,
+                                  format_version=format_version)
     return compress_file(src, dst, workers=workers, backend=backend, progress=progress,
-                         lane_symbols=lane_symbols, overwrite=overwrite)
+                         lane_symbols=lane_symbols, overwrite=overwrite, fsync=fsync,
+                         format_version=format_version)
 
 
-def decompress(src, dst, *, workers=None, backend=None, progress=False, overwrite=False) -> dict:
-    """Inverse of :func:`compress`, for a file or a compressed directory."""
+def decompress(src, dst, *, workers=None, backend=None, progress=False, overwrite=False,
+               fsync: bool = True) -> dict:
+    """Inverse of :func:`compress`, for a file or a compressed directory
+    (``fsync``: as there)."""
     src, dst = os.fspath(src), os.fspath(dst)
     _check_output(src, dst, overwrite)
     if os.path.isdir(src):
         return decompress_directory(src, dst, decompress_file, overwrite=overwrite,
-                                    progress=progress, workers=workers, backend=backend)
+                                    progress=progress, workers=workers, backend=backend,
+                                    fsync=fsync)
     return decompress_file(src, dst, workers=workers, backend=backend, progress=progress,
-                           overwrite=overwrite)
+                           overwrite=overwrite, fsync=fsync)
 
 
 def verify(original, compressed, *, workers=None, backend=None, progress=False) -> VerifyResult:

@@ -19,6 +19,12 @@ def _quiet_arg(p):
 def _output_args(p):
     _quiet_arg(p)
     p.add_argument("-f", "--force", action="store_true", help="replace DST if it exists")
+    p.add_argument("--no-fsync", dest="fsync", action="store_false",
+                   help="do not wait for the output to reach the disk (faster: most of a "
+                        "large decompress's time is that wait); after a power failure or OS "
+                        "crash the output may be lost or partial on disk, though no other "
+                        "process ever sees a partial output (it is renamed into place when "
+                        "complete)")
 
 
 def _show_progress(args) -> bool:
@@ -106,7 +112,8 @@ def cmd_compress(args) -> int:
     try:
         s = api.compress(args.src, args.dst, workers=args.workers, backend=args.backend,
                          progress=_show_progress(args), overwrite=args.force,
-                         lane_symbols=args.lane_symbols)
+                         lane_symbols=args.lane_symbols, fsync=args.fsync,
+                         format_version=args.format_version)
     except OutputExistsError:
         raise _output_exists(args) from None
     dt = time.perf_counter() - t0
@@ -131,7 +138,8 @@ def cmd_decompress(args) -> int:
     t0 = time.perf_counter()
     try:
         s = api.decompress(args.src, args.dst, workers=args.workers, backend=args.backend,
-                           progress=_show_progress(args), overwrite=args.force)
+                           progress=_show_progress(args), overwrite=args.force,
+                           fsync=args.fsync)
     except OutputExistsError:
         raise _output_exists(args) from None
     dt = time.perf_counter() - t0
@@ -204,6 +212,10 @@ def build_parser() -> argparse.ArgumentParser:
                            help=f"symbols per lane, 1..4096 (default {DEFAULT_LANE_SYMBOLS}); "
                                 "fewer give a GPU more lanes to decode at once: 256 costs "
                                 "~0.6%% more bytes")
+            p.add_argument("--format-version", type=int, choices=(1, 2), default=2,
+                           help="newest file format the output may use (default 2); 1 keeps "
+                                "it readable by floatzip 0.1, without what format 2 saves. "
+                                "A file is written in the lowest version it needs either way")
         p.set_defaults(func=func)
 
     p = sub.add_parser("verify", help="exit 0 only if COMPRESSED restores ORIGINAL bit for bit")

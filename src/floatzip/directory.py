@@ -76,10 +76,11 @@ def _job_bar(root: str, sizes, progress) -> Progress:
 
 # -- copying and hashing -------------------------------------------------------------
 
-def _copy_file(src: str, dst: str, *, progress: Progress) -> tuple[int, str]:
-    """Copy ``src`` to the new file ``dst`` (fsynced, with ``src``'s
-    permissions and times, as shutil.copy2), reading it once: returns its
-    size and XXH3-64. OSErrors name the file they are about."""
+def _copy_file(src: str, dst: str, *, progress: Progress, fsync: bool = True) -> tuple[int, str]:
+    """Copy ``src`` to the new file ``dst`` (fsynced unless ``fsync`` is
+    False, with ``src``'s permissions and times, as shutil.copy2), reading
+    it once: returns its size and XXH3-64. OSErrors name the file they are
+    about."""
     digest, size = xxhash.xxh3_64(), 0
     view = memoryview(bytearray(_COPY_CHUNK))
     with open(src, "rb", buffering=0) as fin, open(dst, "xb", buffering=0) as fout:
@@ -94,7 +95,8 @@ def _copy_file(src: str, dst: str, *, progress: Progress) -> tuple[int, str]:
             size += got
             progress.advance(got)
         try:
-            os.fsync(fout.fileno())
+            if fsync:
+                os.fsync(fout.fileno())
         except OSError as exc:
             raise error_about(exc, dst) from None
     shutil.copystat(src, dst)
@@ -203,14 +205,16 @@ def _target(staging: str, rel: str) -> str:
 
 def compress_directory(src: str, dst: str, compress_file, *, overwrite: bool = False,
                        progress=False, workers=None, backend=None,
-                       lane_symbols: int = DEFAULT_LANE_SYMBOLS) -> dict:
+                       lane_symbols: int = DEFAULT_LANE_SYMBOLS, fsync: bool = True,
+                       format_version: int = container.FORMAT_VERSION) -> dict:
     """Compress a model directory: every ``*.safetensors`` file through
     ``compress_file`` (api.compress_file) under its own name, every other
     file copied as is, version-control folders left out, and a manifest
-    listing them all written. A safetensors file holding a dtype this
-    floatzip does not know is copied as is too, and named in the summary's
-    ``uncoded``. One progress bar for the whole job, in bytes of every file.
-    Returns the summary (see :func:`summary`)."""
+    listing them all written, each fsynced unless ``fsync`` is False. A
+    safetensors file holding a dtype this floatzip does not know is copied
+    as is too, and named in the summary's ``uncoded``. One progress bar for
+    the whole job, in bytes of every file. Returns the summary (see
+    :func:`summary`)."""
     _check_destination(src, dst)
     skipped, coded, copied, uncoded, sizes = [], [], [], {}, {}
     for rel, full in walk(src, skipped=skipped):
@@ -241,7 +245,7 @@ def compress_directory(src: str, dst: str, compress_file, *, overwrite: bool = F
     coded_set = set(coded)
     done_coded, done_copied = {}, {}
     file_kw = {"workers": workers, "backend": backend, "lane_symbols": lane_symbols,
-               "overwrite": False}
+               "overwrite": False, "fsync": fsync, "format_version": format_version}
     manifest_bytes = 0
 
     def fill(staging):
@@ -254,9 +258,10 @@ def compress_directory(src: str, dst: str, compress_file, *, overwrite: bool = F
                     done_coded[rel] = {key: s[key] for key in
                                        ("original_bytes", "compressed_bytes", "tensors")}
                 else:
-                    size, digest = _run_file(bar, nbytes, _copy_file, full, target)
+                    size, digest = _run_file(bar, nbytes, _copy_file, full, target,
+                                             fsync=fsync)
                     done_copied[rel] = {"bytes": size, "xxh3": digest}
-            manifest_bytes = write_manifest(staging, done_coded, done_copied)
+            manifest_bytes = write_manifest(staging, done_coded, done_copied, fsync=fsync)
 
     _build(src, dst, overwrite, fill)
     return summary(done_coded, {rel: e["bytes"] for rel, e in done_copied.items()},
@@ -264,13 +269,14 @@ def compress_directory(src: str, dst: str, compress_file, *, overwrite: bool = F
 
 
 def decompress_directory(src: str, dst: str, decompress_file, *, overwrite: bool = False,
-                         progress=False, workers=None, backend=None) -> dict:
+                         progress=False, workers=None, backend=None, fsync: bool = True) -> dict:
     """Restore a compressed directory: the files its manifest lists as
     compressed through ``decompress_file`` (api.decompress_file), every
     other file copied, each copied file checked against the size and
-    XXH3-64 the manifest lists. The directory is first checked against its
-    manifest: a listed file missing or changed, or an unlisted floatzip file,
-    is a CorruptDataError and nothing is written. Returns the summary."""
+    XXH3-64 the manifest lists, each file fsynced unless ``fsync`` is
+    False. The directory is first checked against its manifest: a listed
+    file missing or changed, or an unlisted floatzip file, is a
+    CorruptDataError and nothing is written. Returns the summary."""
     _check_destination(src, dst)
     layout = inspect_directory(src)
     if layout.problems:
@@ -285,7 +291,8 @@ def decompress_directory(src: str, dst: str, decompress_file, *, overwrite: bool
                 full, target = layout.full(rel), _target(staging, rel)
                 if rel in coded_set:
                     s = _run_file(bar, layout.sizes[rel], decompress_file, full, target,
-                                  workers=workers, backend=backend, overwrite=False)
+                                  workers=workers, backend=backend, overwrite=False,
+                                  fsync=fsync)
                     done_coded[rel] = {"original_bytes": s["original_bytes"],
                                        "compressed_bytes": s["compressed_bytes"],
                                        "tensors": s["tensors"]}
@@ -296,7 +303,7 @@ def decompress_directory(src: str, dst: str, decompress_file, *, overwrite: bool
                             f"lists {want}: changed since the directory was compressed")
                 else:
                     size, digest = _run_file(bar, layout.sizes[rel], _copy_file, full,
-                                                   target)
+                                             target, fsync=fsync)
                     want = layout.expected_xxh3(rel)
                     if want is not None and digest != want:
                         raise CorruptDataError(_changed(full, digest, want))

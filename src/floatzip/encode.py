@@ -29,7 +29,14 @@ from . import backends
 from .backends import numpy_ref
 from .background_writer import BackgroundWriter
 from .codecs import model
-from .codecs.encoded import CODEC_RAW, CODEC_TANS, EncodedTensor, check_lane_symbols, checksum
+from .codecs.encoded import (
+    CODEC_CONST,
+    CODEC_RAW,
+    CODEC_TANS,
+    EncodedTensor,
+    check_lane_symbols,
+    checksum,
+)
 from .codecs.layout import LANES, CodedGeometry, pad8
 from .dtypes import FLOAT_LAYOUTS
 from .errors import FormatError
@@ -53,25 +60,36 @@ _SMALLEST_CODED_BLOB = 8 + 2 * LANES
 
 def encode_file(src_fd: int, header: Header, out_fd: int, *, src: str, dst: str, backend=None,
                 workers: int = 1, lane_symbols: int = model.DEFAULT_LANE_SYMBOLS,
-                progress=None) -> int:
+                progress=None, version: int = container.FORMAT_VERSION,
+                fsync: bool = True) -> int:
     """Write the floatzip form of the safetensors file open at ``src_fd``
     (its validated ``header``) to the empty file ``out_fd``. ``src`` and
-    ``dst`` name them in errors. Returns the number of tensors."""
-    def stays_raw(entry) -> bool:
+    ``dst`` name them in errors. ``version``: the newest format version the
+    file may use (1: readable by floatzip 0.1). ``fsync`` False: the caller
+    will not fsync the output, so its ranges are not sent to the disk early.
+    Returns the number of tensors."""
+    def decided_early(entry) -> str | None:
         # Small float tensors are read here, to know which will stay raw
-        # (most: their tables would cost more than coding saves), so that
-        # a file of many small tensors reserves no room it will not use.
-        if entry.nbytes > _DECIDED_EARLY_BYTES:
-            return False
+        # (most: their tables would cost more than coding saves) or be
+        # constant, so that a file of many small tensors reserves no room
+        # it will not use.
         layout = FLOAT_LAYOUTS[entry.dtype]
+        if entry.nbytes > _DECIDED_EARLY_BYTES:
+            return None
         data = np.empty(entry.nbytes, dtype=np.uint8)
         pread_exact(src_fd, data, header.data_start + entry.begin, src)
         bits = data.view(layout.storage)
-        histogram = numpy_ref.histogram(bits, layout.width, model.histogram_bits(layout))
-        return model.choose_coding(histogram, layout, bits.size,
-                                   lane_symbols=lane_symbols) is None
+        stats, varying = numpy_ref.statistics(bits, layout.width, model.histogram_bits(layout))
+        if _is_constant(varying, bits.size, version):
+            return CODEC_CONST
+        if entry.nbytes <= _SMALLEST_CODED_BLOB or model.choose_coding(
+                stats, layout, bits.size, varying=varying,
+                first_value=int(bits[0]) if bits.size else 0, version=version,
+                lane_symbols=lane_symbols) is None:
+            return CODEC_RAW
+        return None
 
-    reserved = reserved_header_bytes(header, lane_symbols, stays_raw)
+    reserved = reserved_header_bytes(header, lane_symbols, decided_early, version)
     if reserved > container.MAX_HEADER_BYTES:
         # The source header is stored escaped inside this one, so a source
         # header near the limit can push this one over it.
@@ -79,7 +97,8 @@ def encode_file(src_fd: int, header: Header, out_fd: int, *, src: str, dst: str,
                           f"the {container.MAX_HEADER_BYTES}-byte limit of safetensors readers (the "
                           "source's metadata is too large); keep this file uncompressed")
     writer = _TensorWriter(src_fd, out_fd, src=src, dst=dst, backend=backend, workers=workers,
-                           lane_symbols=lane_symbols, progress=progress or NO_PROGRESS)
+                           lane_symbols=lane_symbols, progress=progress or NO_PROGRESS,
+                           version=version, writeback=fsync)
     try:
         position = 8 + reserved
         params, entries = {}, []
@@ -101,24 +120,29 @@ def encode_file(src_fd: int, header: Header, out_fd: int, *, src: str, dst: str,
     return len(entries)
 
 
-def reserved_header_bytes(header: Header, lane_symbols: int, stays_raw=None) -> int:
+def reserved_header_bytes(header: Header, lane_symbols: int, decided_early=None,
+                          version: int = container.FORMAT_VERSION) -> int:
     """The longest floatzip header that the file can need: every tensor with
     its widest parameters (a blob is never larger than the tensor, which is
     stored raw otherwise) and every offset at the largest it can be.
-    ``stays_raw(entry)``, when given, tells of a float tensor that it will
-    be stored raw for sure: its reserve is then exact."""
+    ``decided_early(entry)``, when given, may tell the codec a float tensor
+    will have for sure ("raw" or "const"): its reserve is then exact."""
     total = header.data_bytes
     params, entries = {}, []
     for name, entry in header.tensors.items():
         layout = FLOAT_LAYOUTS.get(entry.dtype)
         bound = 8 * entry.nbytes if layout is not None else None
-        worst = container.tensor_params_of(CODEC_RAW, "0" * 16, entry.nbytes, bound)
-        if (layout is not None and entry.nbytes > _SMALLEST_CODED_BLOB
-                and not (stays_raw and stays_raw(entry))):
+        codec = CODEC_RAW if layout is None else decided_early(entry) if decided_early else None
+        if codec is not None:
+            worst = container.tensor_params_of(codec, "0" * 16, entry.nbytes, bound)
+        else:       # coded, constant or raw: const's and raw's parameters are shorter
             widest = CodedGeometry(count=entry.nbytes // layout.storage.itemsize,
                                    width=layout.width, symbol_bits=12, table_log=12,
                                    first_symbol=4095, table_symbols=4096,
-                                   lane_symbols=lane_symbols, payload_bytes=entry.nbytes)
+                                   lane_symbols=lane_symbols, payload_bytes=entry.nbytes,
+                                   **({} if version < 2 else dict(
+                                       sign_in_symbol=1, dropped_bits=layout.mantissa_bits,
+                                       dropped_value=(1 << layout.mantissa_bits) - 1)))
             worst = container.tensor_params_of(CODEC_TANS, "0" * 16, widest, bound)
         params[name] = worst
         entries.append((name, "U8", [entry.nbytes], 0))
@@ -133,7 +157,8 @@ class _TensorWriter:
     """Codes tensors one by one into their place in the output file."""
 
     def __init__(self, src_fd: int, out_fd: int, *, src: str, dst: str, backend, workers: int,
-                 lane_symbols: int, progress: Progress):
+                 lane_symbols: int, progress: Progress, version: int, writeback: bool):
+        self._version = version
         self._progress = progress
         self._src_fd, self._out_fd = src_fd, out_fd
         self._src, self._dst = src, dst
@@ -142,7 +167,7 @@ class _TensorWriter:
         self._lane_symbols = lane_symbols
         self._window = None
         self._scratch = None
-        self._writer = BackgroundWriter(out_fd)
+        self._writer = BackgroundWriter(out_fd, writeback=writeback)
 
     def close(self) -> None:
         self._writer.close()
@@ -168,16 +193,28 @@ class _TensorWriter:
         whole = entry.nbytes <= WINDOW_BYTES
         digest = xxhash.xxh3_64()
         top = model.histogram_bits(layout)
-        histogram = np.zeros(1 << top, dtype=np.int64)
+        stats = np.zeros(2 << top, dtype=np.int64)
+        varying, first_value, first_element = 0, None, None
         for start, size in _steps(entry.nbytes, WINDOW_BYTES):
             data = self._read(src_offset + start, size)
             digest.update(data)
-            histogram += self._impl.histogram(data.view(layout.storage), layout.width, top,
-                                              workers=self._workers)
+            values = data.view(layout.storage)
+            part, part_varying = self._impl.statistics(values, layout.width, top,
+                                                       workers=self._workers)
+            stats += part
+            if values.size:
+                if first_value is None:
+                    first_value, first_element = int(values[0]), data[:values.itemsize].copy()
+                varying |= part_varying | (int(values[0]) ^ first_value)
+        bound = model.model_bound_bits(stats, layout, count, varying=varying,
+                                       version=self._version)
         params = container.tensor_params_of(
-            CODEC_RAW, f"{digest.intdigest():016x}", entry.nbytes,
-            int(round(model.exponent_bound_bits(histogram, layout, count))))
-        choice = model.choose_coding(histogram, layout, count, lane_symbols=self._lane_symbols)
+            CODEC_RAW, f"{digest.intdigest():016x}", entry.nbytes, int(round(bound)))
+        if _is_constant(varying, count, self._version):
+            return self._write_const(entry.nbytes, first_element, params, dst_offset)
+        choice = model.choose_coding(stats, layout, count, varying=varying,
+                                     first_value=first_value or 0, version=self._version,
+                                     lane_symbols=self._lane_symbols)
         if choice is not None:
             coded = self._write_coded(name, entry, layout, choice, params, src_offset,
                                       dst_offset, whole)
@@ -185,6 +222,15 @@ class _TensorWriter:
                 return coded
         self._write_raw(entry.nbytes, src_offset, dst_offset, params, whole)
         return params, entry.nbytes
+
+    def _write_const(self, nbytes: int, element: np.ndarray, raw_params: dict,
+                     dst_offset: int) -> tuple[dict, int]:
+        """A tensor whose values are all ``element`` (its bytes, from the
+        same read that the checksum and the statistics saw)."""
+        pwrite_all(self._out_fd, element, dst_offset)
+        self._progress.advance(nbytes)
+        return {"codec": CODEC_CONST, **{k: v for k, v in raw_params.items() if k != "codec"}}, \
+            element.size
 
     def _write_raw(self, nbytes: int, src_offset: int, dst_offset: int, params: dict | None,
                    in_window: bool = False) -> dict:
@@ -285,6 +331,11 @@ class _TensorWriter:
                            "differ between two reads); compress it again once nothing writes it")
 
 
+def _is_constant(varying: int, count: int, version: int) -> bool:
+    """Codec const pays for tensors of two or more equal values (format 2)."""
+    return version >= 2 and varying == 0 and count > 1
+
+
 def _steps(total: int, step: int):
     """(start, size) of the pieces of [0, total) of at most ``step`` bytes."""
     return [(start, min(step, total - start)) for start in range(0, total, step)]
@@ -314,8 +365,11 @@ def _copy_range(src_fd: int, src_offset: int, dst_fd: int, dst_offset: int, nbyt
 
 def encode_tensor(data: np.ndarray, dtype: str, shape, *, backend=None, workers: int = 1,
                   table_log: int = model.DEFAULT_TABLE_LOG,
-                  lane_symbols: int = model.DEFAULT_LANE_SYMBOLS) -> EncodedTensor:
+                  lane_symbols: int = model.DEFAULT_LANE_SYMBOLS,
+                  version: int = container.FORMAT_VERSION) -> EncodedTensor:
     """Encode one tensor given as its little-endian bytes (uint8, any shape).
+    An EncodedTensor is raw or tans (a constant tensor comes back tans-coded:
+    codec const exists only in files); ``version`` as in encode_file.
     ``lane_symbols`` is the symbols per lane (format field K): fewer give a
     GPU more lanes to decode in parallel, for 4 bytes more per lane."""
     check_lane_symbols(lane_symbols)
@@ -327,9 +381,13 @@ def encode_tensor(data: np.ndarray, dtype: str, shape, *, backend=None, workers:
     if layout is not None:
         impl = backends.select(backend, encode=True)
         bits = raw_bytes.view(layout.storage)
-        hist = impl.histogram(bits, layout.width, model.histogram_bits(layout), workers=workers)
-        bound = int(round(model.exponent_bound_bits(hist, layout, bits.size)))
-        choice = model.choose_coding(hist, layout, bits.size, table_log=table_log,
+        stats, varying = impl.statistics(bits, layout.width, model.histogram_bits(layout),
+                                         workers=workers)
+        bound = int(round(model.model_bound_bits(stats, layout, bits.size, varying=varying,
+                                                 version=version)))
+        choice = model.choose_coding(stats, layout, bits.size, varying=varying,
+                                     first_value=int(bits[0]) if bits.size else 0,
+                                     version=version, table_log=table_log,
                                      lane_symbols=lane_symbols)
         if choice is not None:
             args = model.geometry_for(choice, layout, bits.size, 0).encode_args()

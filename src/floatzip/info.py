@@ -7,7 +7,7 @@ import os
 
 from .model_dir import MANIFEST, is_floatzip, walk
 from .errors import FormatError
-from .format.container import BOUND_FIELD, FORMAT_VERSION, FloatzipFile
+from .format.container import BOUND_FIELD, FloatzipFile
 
 
 def _files(path: str) -> tuple[list[str], list[str]]:
@@ -63,7 +63,7 @@ def print_info(path: str, *, per_tensor: bool = True) -> int:
 
     def show(file, name, item):
         if name is None:
-            print(f"{file}: floatzip format v{FORMAT_VERSION}, {len(item.tensors)} tensors")
+            print(f"{file}: floatzip format v{item.version}, {len(item.tensors)} tensors")
             print(f"  {'tensor':<48} {'dtype':<8} {'shape':<16} {'codec':<5} "
                   f"{'ratio':>7} {'bits/w':>7} {'bound':>7}")
             return

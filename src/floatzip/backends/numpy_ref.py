@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..codecs import tans
+from ..codecs import tans, words
 from ..codecs.layout import LANES, CodedGeometry, lane_order, lane_symbol_counts
-from ..dtypes import rotate_sign_down, rotate_sign_up
 from ..errors import CorruptDataError
 
 name = "numpy"
@@ -66,35 +65,31 @@ def byte_windows(data: np.ndarray, width: int) -> np.ndarray:
 
 # -- symbols ---------------------------------------------------------------
 
-def split(bits: np.ndarray, width: int, symbol_bits: int):
-    """Values -> (symbols, raw fields), both in value order."""
-    rotated = rotate_sign_down(bits.ravel(), width)
-    raw_bits = width - symbol_bits
-    symbols = (rotated.astype(np.int64) >> raw_bits)
-    raw = rotated & rotated.dtype.type((1 << raw_bits) - 1)
-    return symbols, raw
-
-
-def histogram(bits: np.ndarray, width: int, top_bits: int, workers: int = 1) -> np.ndarray:
-    """Counts (int64[2**top_bits]) of the top ``top_bits`` bits of each
-    sign-rotated value: the statistics every coding decision is made from."""
-    rotated = rotate_sign_down(np.ascontiguousarray(bits).reshape(-1), width)
-    return np.bincount(rotated >> rotated.dtype.type(width - top_bits), minlength=1 << top_bits)
+def statistics(bits: np.ndarray, width: int, top_bits: int, workers: int = 1):
+    """What every coding decision is made from: (counts, varying).
+    ``counts`` (int64[2**(top_bits+1)]): how many values have each
+    combination of the top ``top_bits`` bits below the sign (exponent, then
+    mantissa) and the sign, at index ``top << 1 | sign``. ``varying``: the
+    bits in which some value differs from the first (OR of ``v ^ v[0]``)."""
+    v = np.ascontiguousarray(bits).reshape(-1).astype(np.int64)
+    if v.size == 0:
+        return np.zeros(2 << top_bits, dtype=np.int64), 0
+    index = ((v & ((1 << (width - 1)) - 1)) >> (width - 1 - top_bits)) << 1 | (v >> (width - 1))
+    varying = int(np.bitwise_or.reduce(v ^ v[0]))
+    return np.bincount(index, minlength=2 << top_bits), varying
 
 
 def encode(bits: np.ndarray, geometry_args: dict, counts: np.ndarray, workers: int = 1):
     """Encode the values ``bits`` (unsigned ints of the value width) with the
     given parameters. Returns (lane_sizes u16, payload u8, raw u8)."""
-    width = geometry_args["width"]
-    symbol_bits = geometry_args["symbol_bits"]
-    table_log = geometry_args["table_log"]
-    first_symbol = geometry_args["first_symbol"]
-    lane_symbols = geometry_args["lane_symbols"]
+    g = CodedGeometry(count=bits.size, table_symbols=len(counts), payload_bytes=0,
+                      **geometry_args)
+    table_log, first_symbol, lane_symbols = g.table_log, g.first_symbol, g.lane_symbols
     size = 1 << table_log
     n = bits.size
 
-    symbols, raw = split(bits, width, symbol_bits)
-    packed_raw = pack_raw(raw, width - symbol_bits)
+    symbols, raw = words.split(bits, g)
+    packed_raw = pack_raw(raw, g.raw_bits)
 
     next_state, cumulative = tans.build_encode_table(counts, table_log)
     freq = counts.astype(np.int64)
@@ -196,9 +191,8 @@ def decode(geometry: CodedGeometry, counts: np.ndarray, lane_sizes: np.ndarray,
     # [step, group, lane] -> value order: value g*32*K + 32*step + lane.
     symbols = lane_syms.reshape(geometry.lane_symbols, geometry.groups, LANES)
     symbols = symbols.transpose(1, 0, 2).reshape(-1)[:n]
-    raw_vals = unpack_raw(raw, n, geometry.raw_bits, dtype)
-    rotated = (symbols.astype(dtype) << dtype.type(geometry.raw_bits)) | raw_vals
-    values = rotate_sign_up(rotated, geometry.width)
+    raw_vals = unpack_raw(raw, n, geometry.raw_bits, np.int64)
+    values = words.join(symbols, raw_vals, geometry).astype(dtype)
     if out is None:
         return values
     out[...] = values

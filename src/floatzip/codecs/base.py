@@ -49,6 +49,12 @@ class Opened:
 class Codec(ABC):
     codec_id: str = ""
 
+    def format_version(self, fields: dict) -> int:
+        """The oldest format version that defines a tensor with these fields
+        (docs/FORMAT.md, "Versions"): a file declares the highest its tensors
+        need, and a tensor needing more than its file declares is rejected."""
+        return 1
+
     @abstractmethod
     def parse(self, fields: dict, dtype: str, shape: tuple[int, ...], nbytes: int,
               blob_bytes: int, bad: Callable[[str], Exception]) -> object:

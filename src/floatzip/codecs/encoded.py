@@ -16,6 +16,7 @@ from .layout import MAX_LANE_SYMBOLS, CodedGeometry
 
 CODEC_TANS = "tans"
 CODEC_RAW = "raw"
+CODEC_CONST = "const"       # stored only: held in memory as raw
 
 
 @dataclass

@@ -1,8 +1,12 @@
 """Geometry of a coded tensor: symbols, raw bits, lanes and groups.
 
-A tensor of ``n`` values becomes
-  * ``n`` symbols: the top ``symbol_bits`` of each sign-rotated value, tANS-coded;
-  * ``n`` raw fields: the remaining ``width - symbol_bits`` bits, bit-packed.
+A tensor of ``n`` values becomes (codecs/words.py maps a value to its two
+parts, docs/FORMAT.md section 4)
+  * ``n`` symbols of ``symbol_bits``: exponent, top mantissa bits and, in
+    format 2 where ``sign_in_symbol``, the sign; tANS-coded;
+  * ``n`` raw fields: the remaining ``width - dropped_bits - symbol_bits``
+    bits, bit-packed (format 2 leaves out ``dropped_bits`` low mantissa bits
+    that hold the same value, ``dropped_value``, in every value).
 
 The symbols are cut into groups of ``LANES * lane_symbols``. Inside a group,
 symbol ``i`` belongs to lane ``i % LANES`` as that lane's ``i // LANES``-th
@@ -36,10 +40,19 @@ class CodedGeometry:
     table_symbols: int      # length of the counts array
     lane_symbols: int
     payload_bytes: int
+    # Format 2 (all 0: format 1's mapping).
+    sign_in_symbol: int = 0     # 1: the sign is the symbol's lowest bit, not the raw field's
+    dropped_bits: int = 0       # low mantissa bits not stored ...
+    dropped_value: int = 0      # ... because every value holds these in them
+
+    @property
+    def coded_bits(self) -> int:
+        """Bits of a value that are stored: symbol and raw field."""
+        return self.width - self.dropped_bits
 
     @property
     def raw_bits(self) -> int:
-        return self.width - self.symbol_bits
+        return self.coded_bits - self.symbol_bits
 
     @property
     def groups(self) -> int:
@@ -76,7 +89,13 @@ class CodedGeometry:
     def encode_args(self) -> dict:
         """What a back end's encode takes of the geometry (backends/base.py)."""
         return dict(width=self.width, symbol_bits=self.symbol_bits, table_log=self.table_log,
-                    first_symbol=self.first_symbol, lane_symbols=self.lane_symbols)
+                    first_symbol=self.first_symbol, lane_symbols=self.lane_symbols,
+                    **self.mapping())
+
+    def mapping(self) -> dict:
+        """The fields of the value -> (symbol, raw) mapping format 2 adds."""
+        return dict(sign_in_symbol=self.sign_in_symbol, dropped_bits=self.dropped_bits,
+                    dropped_value=self.dropped_value)
 
 
 def lane_symbol_counts(count: int, lane_symbols: int) -> np.ndarray:

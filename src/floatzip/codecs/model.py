@@ -32,12 +32,16 @@ class CodingChoice:
     counts: np.ndarray          # uint16, normalized, sums to 2**table_log
     lane_symbols: int
     estimated_bytes: int
+    sign_in_symbol: int = 0     # format 2 (codecs/words.py)
+    dropped_bits: int = 0
+    dropped_value: int = 0
 
 
 def histogram_bits(layout: FloatLayout) -> int:
-    """How many top bits of the rotated value the statistics are kept for:
-    enough for every candidate symbol width (and the exponent alone)."""
-    return min(layout.width, tans.MAX_SYMBOL_BITS, layout.exponent_bits + MAX_EXTRA_MANTISSA_BITS)
+    """How many top bits below the sign the statistics are kept for (with
+    the sign beside them): enough for every candidate symbol."""
+    return min(layout.width - 1, tans.MAX_SYMBOL_BITS,
+               layout.exponent_bits + MAX_EXTRA_MANTISSA_BITS)
 
 
 def coarsen(histogram: np.ndarray, bits: int) -> np.ndarray:
@@ -45,42 +49,105 @@ def coarsen(histogram: np.ndarray, bits: int) -> np.ndarray:
     return histogram.reshape(1 << bits, -1).sum(axis=1)
 
 
-def exponent_bound_bits(histogram: np.ndarray, layout: FloatLayout, count: int) -> float:
+def magnitude_histogram(statistics: np.ndarray) -> np.ndarray:
+    """The counts of backends' ``statistics`` without the sign."""
+    return statistics.reshape(-1, 2).sum(axis=1)
+
+
+def signed_histogram(statistics: np.ndarray, bits: int) -> np.ndarray:
+    """Counts of (top ``bits`` bits below the sign) << 1 | sign."""
+    return statistics.reshape(1 << bits, -1, 2).sum(axis=1).reshape(-1)
+
+
+def dropped_bits(varying: int, layout: FloatLayout) -> int:
+    """How many low mantissa bits hold the same value in every value:
+    format 2 leaves them out (a tensor cast up from a narrower type, say)."""
+    mantissa = varying & ((1 << layout.mantissa_bits) - 1)
+    if mantissa == 0:
+        return layout.mantissa_bits
+    return (mantissa & -mantissa).bit_length() - 1
+
+
+def exponent_bound_bits(statistics: np.ndarray, layout: FloatLayout, count: int) -> float:
     """Bits if the exponent were coded at its order-0 entropy and every other
-    bit stored as is (the bound `floatzip info` shows)."""
-    exponent = coarsen(histogram, layout.exponent_bits)
+    bit stored as is (format 1's bound)."""
+    exponent = coarsen(magnitude_histogram(statistics), layout.exponent_bits)
     return entropy_of_counts(exponent) + count * (layout.width - layout.exponent_bits)
 
 
-def choose_coding(histogram: np.ndarray, layout: FloatLayout, count: int, *,
+def _candidates(statistics: np.ndarray, layout: FloatLayout, dropped: int, version: int):
+    """(sign_in_symbol, symbol_bits, symbol histogram) of each mapping the
+    encoder may pick, by sign mode and then growing symbol width."""
+    top = histogram_bits(layout)
+    coded = layout.width - dropped                  # bits a value keeps
+    magnitude = magnitude_histogram(statistics)
+    first = min(layout.exponent_bits, top)
+    # Sign raw: the top S bits below the sign (the whole word once R = 0).
+    yield [(0, s, coarsen(magnitude, s) if s < coded else signed_histogram(statistics, s - 1))
+           for s in range(first, min(coded, tans.MAX_SYMBOL_BITS) + 1)
+           if s <= top or (s == coded and s - 1 <= top)]
+    if version >= 2:
+        # Sign in the symbol, beside the top S - 1 bits (R >= 1).
+        yield [(1, s, signed_histogram(statistics, s - 1))
+               for s in range(first + 1, min(coded - 1, tans.MAX_SYMBOL_BITS) + 1)
+               if s - 1 <= top]
+
+
+def choose_coding(statistics: np.ndarray, layout: FloatLayout, count: int, *,
+                  varying: int = -1, first_value: int = 0, version: int = 2,
                   table_log: int = DEFAULT_TABLE_LOG,
                   lane_symbols: int = DEFAULT_LANE_SYMBOLS) -> CodingChoice | None:
     """Best parameters for a tensor of ``count`` values with the given
-    :func:`histogram_bits` histogram, or None when storing it raw is smaller."""
+    back-end ``statistics`` (and ``varying``: bits in which values differ
+    from the first, ``first_value``), or None when storing it raw is
+    smaller. ``version`` 1 keeps to format 1's mapping."""
     n = count
     if n == 0:
         return None
-    top = histogram_bits(layout)
+    dropped = dropped_bits(varying, layout) if version >= 2 else 0
+    dropped_value = first_value & ((1 << dropped) - 1)
     lane_symbols = int(min(lane_symbols, max(1, -(-n // LANES))))
     groups = -(-n // (LANES * lane_symbols))
     best = None
-    for symbol_bits in range(min(layout.exponent_bits, top), top + 1):
-        hist = coarsen(histogram, symbol_bits)
-        used = np.flatnonzero(hist)
-        first, last = int(used[0]), int(used[-1])
-        hist = hist[first:last + 1]
-        log = max(table_log, int(np.ceil(np.log2(max(len(used), 2)))))
-        if log > tans.MAX_TABLE_LOG:
-            continue
-        counts = tans.normalize_counts(hist, log)
-        payload_bits = tans.coded_bits(hist, counts, log) + groups * LANES * LANE_OVERHEAD_BITS
-        total = (payload_bits + n * (layout.width - symbol_bits)) / 8 + 2 * len(hist)
-        if best is not None and total >= best.estimated_bytes:
-            break       # the cost falls, then rises, with the symbol width: past the minimum
-        best = CodingChoice(symbol_bits, log, first, counts, lane_symbols, int(total))
+    for candidates in _candidates(statistics, layout, dropped, version):
+        previous = None
+        for sign_in_symbol, symbol_bits, hist in candidates:
+            used = np.flatnonzero(hist)
+            first, last = int(used[0]), int(used[-1])
+            hist = hist[first:last + 1]
+            log = max(table_log, int(np.ceil(np.log2(max(len(used), 2)))))
+            if log > tans.MAX_TABLE_LOG:
+                continue
+            counts = tans.normalize_counts(hist, log)
+            payload_bits = tans.coded_bits(hist, counts, log) + groups * LANES * LANE_OVERHEAD_BITS
+            raw_bits = layout.width - dropped - symbol_bits
+            total = int((payload_bits + n * raw_bits) / 8 + 2 * len(hist))
+            if previous is not None and total >= previous:
+                break   # the cost falls, then rises, with the symbol width: past the minimum
+            previous = total
+            if best is None or total < best.estimated_bytes:
+                best = CodingChoice(symbol_bits, log, first, counts, lane_symbols, total,
+                                    sign_in_symbol, dropped, dropped_value)
     if best is None or best.estimated_bytes >= n * layout.width // 8:
         return None
     return best
+
+
+def model_bound_bits(statistics: np.ndarray, layout: FloatLayout, count: int, *,
+                     varying: int = -1, version: int = 2) -> float:
+    """The order-0 bound of what the encoder codes: over the mappings it may
+    pick, the fewest bits with the symbol at its order-0 entropy and the raw
+    field stored (no tables, no lanes). What `floatzip info` compares the
+    coded size to."""
+    if version < 2:     # format 1's definition (FORMAT.md section 3)
+        return exponent_bound_bits(statistics, layout, count)
+    dropped = dropped_bits(varying, layout) if count else 0
+    bound = float(count * layout.width)
+    for candidates in _candidates(statistics, layout, dropped, version):
+        for _, symbol_bits, hist in candidates:
+            raw_bits = layout.width - dropped - symbol_bits
+            bound = min(bound, entropy_of_counts(hist) + count * raw_bits)
+    return bound
 
 
 def geometry_for(choice: CodingChoice, layout: FloatLayout, count: int,
@@ -88,4 +155,5 @@ def geometry_for(choice: CodingChoice, layout: FloatLayout, count: int,
     return CodedGeometry(count=count, width=layout.width, symbol_bits=choice.symbol_bits,
                          table_log=choice.table_log, first_symbol=choice.first_symbol,
                          table_symbols=len(choice.counts), lane_symbols=choice.lane_symbols,
-                         payload_bytes=payload_bytes)
+                         payload_bytes=payload_bytes, sign_in_symbol=choice.sign_in_symbol,
+                         dropped_bits=choice.dropped_bits, dropped_value=choice.dropped_value)

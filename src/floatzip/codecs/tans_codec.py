@@ -18,6 +18,9 @@ from .registry import register
 
 FIELDS = ("symbol_bits", "table_log", "first_symbol", "table_symbols", "lane_symbols",
           "payload_bytes")
+# Format 2's fields, each optional (absent: 0, format 1's mapping; a writer
+# leaves a 0 out). Format 1 files MUST NOT hold them.
+MAPPING_FIELDS = ("sign_in_symbol", "dropped_bits", "dropped_value")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,19 +32,31 @@ class TansParts:
 class TansCodec(Codec):
     codec_id = "tans"
 
+    def format_version(self, fields: dict) -> int:
+        return 2 if any(key in fields for key in MAPPING_FIELDS) else 1
+
     def parse(self, fields, dtype, shape, nbytes, blob_bytes, bad) -> CodedGeometry:
-        if set(fields) != set(FIELDS):
+        if not set(FIELDS) <= set(fields) <= set(FIELDS + MAPPING_FIELDS):
             names = ["codec", *FIELDS, "xxh3"]
-            raise bad(f"codec tans needs exactly the fields {names}, found "
-                      f"{sorted([*fields, 'codec', 'xxh3'])}")
-        for key in FIELDS:
+            raise bad(f"codec tans needs exactly the fields {names} (and, in format 2, any "
+                      f"of {list(MAPPING_FIELDS)}), found {sorted([*fields, 'codec', 'xxh3'])}")
+        for key in fields:
             if type(fields[key]) is not int:
                 raise bad(f"'{key}' must be an integer, found {fields[key]!r}")
         layout = FLOAT_LAYOUTS.get(dtype)
         if layout is None:
             raise bad(f"codec tans is not defined for dtype {dtype}")
+        mapping = {key: fields.get(key, 0) for key in MAPPING_FIELDS}
+        dropped = mapping["dropped_bits"]
+        if not 0 <= dropped <= layout.mantissa_bits:
+            raise bad(f"'dropped_bits' = {dropped} is outside [0, {layout.mantissa_bits}]")
+        if not 0 <= mapping["dropped_value"] < 1 << dropped:
+            raise bad(f"'dropped_value' = {mapping['dropped_value']} does not fit in its "
+                      f"{dropped} dropped bits")
+        coded = layout.width - dropped
         limits = {
-            "symbol_bits": (1, min(layout.width, tans.MAX_SYMBOL_BITS)),
+            "sign_in_symbol": (0, 1),
+            "symbol_bits": (1, min(coded - mapping["sign_in_symbol"], tans.MAX_SYMBOL_BITS)),
             "table_log": (tans.MIN_TABLE_LOG, tans.MAX_TABLE_LOG),
             "lane_symbols": (1, MAX_LANE_SYMBOLS),
             "table_symbols": (1, 1 << fields["symbol_bits"]),
@@ -49,14 +64,16 @@ class TansCodec(Codec):
             "payload_bytes": (0, 1 << 62),
         }
         for key, (lo, hi) in limits.items():
-            if not lo <= fields[key] <= hi:
-                raise bad(f"'{key}' = {fields[key]} is outside [{lo}, {hi}]")
+            value = fields.get(key, 0)
+            if not lo <= value <= hi:
+                raise bad(f"'{key}' = {value} is outside [{lo}, {hi}]")
         first, table_symbols = fields["first_symbol"], fields["table_symbols"]
         if first + table_symbols > 1 << fields["symbol_bits"]:
             raise bad(f"symbols {first}..{first + table_symbols - 1} do not fit in "
                       f"{fields['symbol_bits']} bits")
         count = int(np.prod(shape, dtype=object)) if shape else 1
-        g = CodedGeometry(count=count, width=layout.width, **fields)
+        g = CodedGeometry(count=count, width=layout.width,
+                          **{key: fields[key] for key in FIELDS}, **mapping)
         longest = g.lanes * ((g.table_log * (g.lane_symbols + 1) + 7) // 8)
         if g.payload_bytes > longest:
             raise bad(f"payload_bytes {g.payload_bytes} exceeds the most {longest} that "
@@ -66,7 +83,9 @@ class TansCodec(Codec):
         return g
 
     def params(self, g: CodedGeometry) -> dict:
-        return {key: getattr(g, key) for key in FIELDS}
+        params = {key: getattr(g, key) for key in FIELDS}
+        params.update((key, value) for key, value in g.mapping().items() if value)
+        return params
 
     def open(self, g: CodedGeometry, read, where: str) -> Opened:
         sec = g.sections()

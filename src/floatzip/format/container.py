@@ -1,7 +1,7 @@
-"""floatzip file format v1: a safetensors file whose tensors are coded blobs.
+"""The floatzip file: a safetensors file whose tensors are coded blobs.
 
 See docs/FORMAT.md. The file's ``__metadata__`` holds
-  * ``floatzip.version``: "1";
+  * ``floatzip.version``: "1" or "2", the highest its tensors need;
   * ``floatzip.source_header``: the original file's header JSON, verbatim,
     so decompression restores the original file byte for byte;
   * ``floatzip.tensors``: JSON object, tensor name -> coding parameters;
@@ -19,9 +19,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..codecs import registry
+from ..codecs import const_codec, registry
 from ..codecs.base import Codec, Opened
-from ..codecs.encoded import CODEC_RAW, CODEC_TANS, EncodedTensor, checksum
+from ..codecs.encoded import CODEC_CONST, CODEC_RAW, CODEC_TANS, EncodedTensor, checksum
 from ..codecs.layout import CodedGeometry, pad8
 from ..errors import CorruptDataError, FormatError, UnsupportedError
 from ..io_utils import atomic_output, error_about, pread_exact
@@ -32,7 +32,8 @@ from .safetensors_header import (
     read_header,
 )
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2          # the newest version this floatzip reads and writes
+READABLE_VERSIONS = ("1", "2")
 KEY_VERSION = "floatzip.version"
 KEY_SOURCE_HEADER = "floatzip.source_header"
 KEY_TENSORS = "floatzip.tensors"
@@ -81,9 +82,20 @@ def blob_parts(enc: EncodedTensor) -> list[np.ndarray]:
     return parts
 
 
-def floatzip_metadata(source_header: bytes, params: dict[str, dict]) -> dict[str, str]:
+def format_version_of(params: dict[str, dict]) -> int:
+    """The lowest version that describes every tensor: a file that needs
+    nothing of format 2 stays readable by floatzip 0.1."""
+    def needs(p: dict) -> int:
+        if p["codec"] not in registry.ids():
+            return FORMAT_VERSION       # a codec this floatzip does not know: the newest
+        return registry.get(p["codec"]).format_version(p)
+    return max((needs(p) for p in params.values()), default=1)
+
+
+def floatzip_metadata(source_header: bytes, params: dict[str, dict],
+                      version: int | None = None) -> dict[str, str]:
     return {
-        KEY_VERSION: str(FORMAT_VERSION),
+        KEY_VERSION: str(format_version_of(params) if version is None else version),
         KEY_SOURCE_HEADER: source_header.decode("utf-8"),
         KEY_TENSORS: json.dumps(params, separators=(",", ":")),
         KEY_SOURCE_CHECKSUM: _hex_checksum(source_header),
@@ -195,14 +207,15 @@ class FloatzipFile:
                 f"{where}: not a floatzip file (a safetensors file without "
                 f"'{KEY_VERSION}' metadata); compress it first with 'floatzip compress'")
         version = meta[KEY_VERSION]
-        if version != str(FORMAT_VERSION):
+        if version not in READABLE_VERSIONS:
             raise UnsupportedError(
                 f"{where}: floatzip format version {version!r} is not supported by this "
-                f"floatzip (reads version {FORMAT_VERSION}); upgrade floatzip")
+                f"floatzip (reads versions {', '.join(READABLE_VERSIONS)}); upgrade floatzip")
+        self.version = int(version)
         unknown = sorted(k for k in meta if k.startswith(FLOATZIP_PREFIX) and k not in KNOWN_KEYS)
         if unknown:
             raise FormatError(f"{where}: unknown floatzip metadata key {unknown[0]!r} (a "
-                              "damaged key name?): version 1 defines "
+                              "damaged key name?): the format defines "
                               f"{', '.join(KNOWN_KEYS)}; fetch the file again")
         for key in (KEY_SOURCE_HEADER, KEY_TENSORS):
             if key not in meta:
@@ -238,7 +251,8 @@ class FloatzipFile:
             if stored.dtype != "U8" or len(stored.shape) != 1:
                 raise FormatError(f"{where}: tensor {name!r}: stored as {stored.dtype} "
                                   f"{list(stored.shape)}, expected a 1-D U8 blob")
-            codec, layout = _validate_params(name, params[name], source, stored.nbytes, where)
+            codec, layout = _validate_params(name, params[name], source, stored.nbytes, where,
+                                             self.version)
             self.tensors[name] = StoredTensor(name, source, params[name],
                                               header.data_start + stored.begin, stored.nbytes,
                                               codec, layout)
@@ -264,6 +278,11 @@ class FloatzipFile:
         if t.codec.codec_id == CODEC_RAW:
             return EncodedTensor(t.source.dtype, t.source.shape, CODEC_RAW, parts.checksum,
                                  raw=blob)
+        if t.codec.codec_id == CODEC_CONST:
+            # No coded form in memory: the tensor itself, as raw (a constant
+            # tensor is a bias or a norm weight, small next to the matrices).
+            return EncodedTensor(t.source.dtype, t.source.shape, CODEC_RAW, parts.checksum,
+                                 raw=const_codec.repeat(parts.opened.parts, t.source.nbytes))
         if t.codec.codec_id != CODEC_TANS:
             raise UnsupportedError(f"{self.path}: tensor {name!r}: codec "
                                    f"{t.codec.codec_id!r} has no EncodedTensor form")
@@ -319,7 +338,7 @@ def blob_reader(blob: np.ndarray):
     return read
 
 
-def _validate_params(name: str, params, source, blob_bytes: int, where: str):
+def _validate_params(name: str, params, source, blob_bytes: int, where: str, version: int):
     """(codec, layout) of one tensor: the checks every codec shares here,
     its own by the codec."""
     def bad(msg):
@@ -335,4 +354,8 @@ def _validate_params(name: str, params, source, blob_bytes: int, where: str):
         raise bad(f"'xxh3' must be 16 lowercase hex digits, found {xxh!r}")
     codec = registry.get(params.get("codec"), f"{where}: tensor {name!r}")
     fields = {k: v for k, v in params.items() if k not in ("codec", "xxh3", BOUND_FIELD)}
+    needs = codec.format_version(fields)
+    if needs > version:
+        raise bad(f"codec {codec.codec_id!r} with fields {sorted(fields)} needs format version "
+                  f"{needs}, but the file declares version {version} (a damaged file?)")
     return codec, codec.parse(fields, source.dtype, source.shape, source.nbytes, blob_bytes, bad)

@@ -82,9 +82,12 @@ def _start_group(payload, lane_start, g, count, lane_symbols, table_log, state, 
 @numba.njit(**NJIT)
 def _decode_scalar_steps(table, payload, group_byte, state, pos, raw, raw_byte, raw_offset,
                          raw_shift, out, first, step, full_steps, partial, raw_bits, width,
-                         out_shift):
+                         out_shift, sign_in_raw, dropped_bits, dropped_value):
     """Decode steps ``step``..full_steps-1 of all lanes of the group whose
-    first value is out[first], then step full_steps of lanes < ``partial``."""
+    first value is out[first], then step full_steps of lanes < ``partial``.
+    A value is its symbol's part (from the table), its raw field's part
+    (codecs.words.raw_part: with ``sign_in_raw`` 1 the field's bit 0 is
+    the sign) and the dropped value."""
     raw_mask = (1 << raw_bits) - 1
     sign_shift = width - 1
     step_raw_bytes = LANES * raw_bits // 8
@@ -105,7 +108,9 @@ def _decode_scalar_steps(table, payload, group_byte, state, pos, raw, raw_byte, 
             r = (np.int64(load_u64(raw, np.uint64(step_byte + raw_offset[lane])))
                  >> raw_shift[lane]) & raw_mask
             out[np.uint64(out_index + lane)] = (((e >> E_OUT_SHIFT) << out_shift)
-                                                | (r >> 1) | ((r & 1) << sign_shift))
+                                                | ((r >> sign_in_raw) << dropped_bits)
+                                                | ((r & sign_in_raw) << sign_shift)
+                                                | dropped_value)
         step += 1
 
 
@@ -139,7 +144,7 @@ def _check_group(payload, lane_start, g, pos, state, err):
 
 @numba.njit(**NJIT)
 def _decode_groups(table, payload, lane_start, raw, out, count, lane_symbols, table_log,
-                   raw_bits, width, out_shift, err):
+                   raw_bits, width, out_shift, sign_in_raw, dropped_bits, dropped_value, err):
     """Decode whole groups into ``out``; returns 0, or 1 on failure."""
     group = LANES * lane_symbols
     state, pos, raw_offset, raw_shift = _lane_scratch(raw_bits)
@@ -148,7 +153,8 @@ def _decode_groups(table, payload, lane_start, raw, out, count, lane_symbols, ta
                                                   table_log, state, pos)
         _decode_scalar_steps(table, payload, lane_start[g * LANES], state, pos, raw,
                              first * raw_bits // 8, raw_offset, raw_shift, out, first, 0,
-                             full_steps, partial, raw_bits, width, out_shift)
+                             full_steps, partial, raw_bits, width, out_shift, sign_in_raw,
+                             dropped_bits, dropped_value)
         if _check_group(payload, lane_start, g, pos, state, err):
             return 1
     return 0
@@ -156,7 +162,8 @@ def _decode_groups(table, payload, lane_start, raw, out, count, lane_symbols, ta
 
 @numba.njit(**NJIT)
 def _decode_groups_simd(table, payload, lane_start, raw, out, count, lane_symbols, table_log,
-                        raw_bits, width, out_shift, err):
+                        raw_bits, width, out_shift, sign_in_raw, dropped_bits, dropped_value,
+                        err):
     """_decode_groups with the full steps done by intrinsics.decode_steps
     (and only the partial one by _decode_scalar_steps)."""
     group = LANES * lane_symbols
@@ -168,11 +175,13 @@ def _decode_groups_simd(table, payload, lane_start, raw, out, count, lane_symbol
         raw_byte = first * raw_bits // 8
         if full_steps:
             decode_steps(table, payload, group_byte, state, pos, raw, raw_byte, raw_offset,
-                         raw_shift, out, first, full_steps, raw_bits, width, out_shift)
+                         raw_shift, out, first, full_steps, raw_bits, width, out_shift,
+                         sign_in_raw, dropped_bits, dropped_value)
         if partial:
             _decode_scalar_steps(table, payload, group_byte, state, pos, raw, raw_byte,
                                  raw_offset, raw_shift, out, first, full_steps, full_steps,
-                                 partial, raw_bits, width, out_shift)
+                                 partial, raw_bits, width, out_shift, sign_in_raw,
+                                 dropped_bits, dropped_value)
         if _check_group(payload, lane_start, g, pos, state, err):
             return 1
     return 0
@@ -227,7 +236,12 @@ def decode(geometry: CodedGeometry, counts: np.ndarray, lane_sizes: np.ndarray,
     K = geometry.lane_symbols
     if not 1 <= K <= MAX_LANE_SYMBOLS:
         raise CorruptDataError(f"lane_symbols {K} is outside 1..{MAX_LANE_SYMBOLS}")
-    top = min(geometry.width, tans.MAX_SYMBOL_BITS)
+    if (geometry.sign_in_symbol not in (0, 1) or not 0 <= geometry.dropped_bits < geometry.width - 1
+            or not 0 <= geometry.dropped_value < 1 << geometry.dropped_bits):
+        raise CorruptDataError(
+            f"sign_in_symbol {geometry.sign_in_symbol}, dropped_bits {geometry.dropped_bits} or "
+            f"dropped_value {geometry.dropped_value} is out of range")
+    top = min(geometry.coded_bits - geometry.sign_in_symbol, tans.MAX_SYMBOL_BITS)
     if not 1 <= geometry.symbol_bits <= top or geometry.first_symbol < 0:
         raise CorruptDataError(
             f"symbol_bits {geometry.symbol_bits} (1..{top} allowed) or first_symbol "
@@ -283,7 +297,8 @@ def decode(geometry: CodedGeometry, counts: np.ndarray, lane_sizes: np.ndarray,
             block = out[g0 * group: min(g1 * group, n)]
             if call_kernel(_decode_groups_simd if simd else None, _decode_groups,
                            table, data, starts, raw_part, block, block.size, K, geometry.table_log,
-                           raw_bits, geometry.width, out_shift, err):
+                           raw_bits, geometry.width, out_shift, 1 - geometry.sign_in_symbol,
+                           geometry.dropped_bits, geometry.dropped_value, err):
                 return int(err[0]) + g0 * LANES, int(err[1]), int(err[2])
         return None
 

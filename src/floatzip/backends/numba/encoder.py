@@ -202,19 +202,53 @@ def _encode_groups_simd(bits, count, lane_symbols, table_log, raw_bits, width, f
     return cursor[0]
 
 
+@numba.njit(**NJIT)
+def _coded_words(bits, width, sign_in_symbol, dropped_bits, dropped_value, raw_bits, out):
+    """Format 2's mapping (codecs.words.split) as a first pass: ``out[i]``
+    is the word whose sign-rotation, in ``width - dropped_bits`` bits, is
+    value i's symbol and raw field, so format 1's kernels code it as it is.
+    Returns -1, or the first value whose dropped bits do not hold
+    ``dropped_value``."""
+    magnitude = (1 << (width - 1)) - 1
+    low_mask = (1 << dropped_bits) - 1
+    raw_mask = (1 << raw_bits) - 1
+    top = width - dropped_bits - 1
+    for i in range(bits.size):
+        v = np.int64(bits[i])
+        m = v & magnitude
+        if m & low_mask != dropped_value:
+            return i
+        sign = v >> (width - 1)
+        m >>= dropped_bits
+        if sign_in_symbol:
+            u = ((m >> raw_bits) << (raw_bits + 1)) | (sign << raw_bits) | (m & raw_mask)
+        else:
+            u = (m << 1) | sign
+        out[i] = (u >> 1) | ((u & 1) << top)
+    return -1
+
+
 def encode(bits: np.ndarray, geometry_args: dict, counts: np.ndarray, workers: int = 1):
     """Encode the values ``bits`` (unsigned ints of the value width) with the
     given parameters. Returns (lane_sizes u16, payload u8, raw u8)."""
     width = int(geometry_args["width"])
+    sign_in_symbol = int(geometry_args.get("sign_in_symbol", 0))
+    dropped_bits = int(geometry_args.get("dropped_bits", 0))
+    dropped_value = int(geometry_args.get("dropped_value", 0))
     symbol_bits = int(geometry_args["symbol_bits"])
     table_log = int(geometry_args["table_log"])
     first_symbol = int(geometry_args["first_symbol"])
     K = int(geometry_args["lane_symbols"])
     if width not in (8, 16, 32):
         raise ValueError(f"width {width} is not 8, 16 or 32")
-    if not 1 <= symbol_bits <= min(width, tans.MAX_SYMBOL_BITS):
-        raise ValueError(
-            f"symbol_bits {symbol_bits} is outside 1..{min(width, tans.MAX_SYMBOL_BITS)}")
+    if (sign_in_symbol not in (0, 1) or not 0 <= dropped_bits < width - 1
+            or not 0 <= dropped_value < 1 << dropped_bits):
+        raise ValueError(f"sign_in_symbol {sign_in_symbol}, dropped_bits {dropped_bits} or "
+                         f"dropped_value {dropped_value} is out of range")
+    coded = width - dropped_bits        # the kernels code words of this many bits
+    top = min(coded - sign_in_symbol, tans.MAX_SYMBOL_BITS)
+    if not 1 <= symbol_bits <= top:
+        raise ValueError(f"symbol_bits {symbol_bits} is outside 1..{top}")
     if not tans.MIN_TABLE_LOG <= table_log <= tans.MAX_TABLE_LOG:
         raise ValueError(
             f"table_log {table_log} is outside {tans.MIN_TABLE_LOG}..{tans.MAX_TABLE_LOG}")
@@ -230,7 +264,16 @@ def encode(bits: np.ndarray, geometry_args: dict, counts: np.ndarray, workers: i
     params, next_state = encode_table(counts, table_log)
 
     n = bits.size
-    raw_bits = width - symbol_bits
+    raw_bits = coded - symbol_bits
+    values = bits
+    if sign_in_symbol or dropped_bits:
+        words = np.empty_like(bits)
+        bad = _coded_words(bits, width, sign_in_symbol, dropped_bits, dropped_value, raw_bits,
+                           words)
+        if bad >= 0:
+            raise ValueError(f"value {bad} (bits {int(bits[bad]):#x}) does not hold "
+                             f"{dropped_value:#x} in its {dropped_bits} dropped bits")
+        bits = words
     group = LANES * K
     groups = -(-n // group)
     lane_sizes = np.zeros(groups * LANES, dtype=np.uint16)
@@ -243,12 +286,12 @@ def encode(bits: np.ndarray, geometry_args: dict, counts: np.ndarray, workers: i
         payload = np.empty((g1 - g0) * LANES * lane_bytes + LOAD_BYTES, dtype=np.uint8)
         fields = np.empty(LANES * (K + 1), dtype=np.uint32)
         written = call_kernel(_encode_groups_simd, _encode_groups,
-                              block, block.size, K, table_log, raw_bits, width, first_symbol,
+                              block, block.size, K, table_log, raw_bits, coded, first_symbol,
                               params, next_state, payload, lane_sizes[g0 * LANES: g1 * LANES],
                               raw[g0 * group * raw_bits // 8:], fields)
         if written < 0:
             i = g0 * group - 1 - written
-            raise ValueError(f"value {i} (bits {int(bits[i]):#x}) has a symbol outside the "
+            raise ValueError(f"value {i} (bits {int(values[i]):#x}) has a symbol outside the "
                              f"coded alphabet (first_symbol {first_symbol}, {len(counts)} counts)")
         return payload[:written]
 

@@ -122,7 +122,8 @@ def _gather_u32(builder, base, offsets):
 
 @intrinsic
 def decode_steps(typingctx, table, payload, group_byte, state, pos, raw, raw_byte, raw_offset,
-                 raw_shift, out, out_index, steps, raw_bits, width, out_shift):
+                 raw_shift, out, out_index, steps, raw_bits, width, out_shift, sign_in_raw,
+                 dropped_bits, dropped_value):
     """Decode ``steps`` steps of all 32 lanes of a group with vector ops.
 
     table        uint32[]  packed entries; every next state indexes inside it
@@ -133,11 +134,14 @@ def decode_steps(typingctx, table, payload, group_byte, state, pos, raw, raw_byt
     raw_offset, raw_shift  uint32[32]: lane l's raw field in a step is at
                            byte raw_offset[l], bit raw_shift[l] of the step
     out          uint8/16/32[]  step k of lane l goes to out_index + 32 k + l
+    sign_in_raw, dropped_bits, dropped_value  how a value is put together,
+                           as decoder._decode_scalar_steps does
     No bounds checks: every read must be in bounds (see decoder.decode()).
     """
     def codegen(context, builder, sig, args):
         (table_a, payload_a, group_byte_v, state_a, pos_a, raw_a, raw_byte_v, raw_offset_a,
-         raw_shift_a, out_a, out_index_v, steps_v, raw_bits_v, width_v, out_shift_v) = args
+         raw_shift_a, out_a, out_index_v, steps_v, raw_bits_v, width_v, out_shift_v,
+         sign_in_raw_v, dropped_bits_v, dropped_value_v) = args
 
         def pointer(i, value):
             return _array_pointer(context, builder, sig.args[i], value)
@@ -163,6 +167,9 @@ def decode_steps(typingctx, table, payload, group_byte, state, pos, raw, raw_byt
         sign_shift = _splat(builder, builder.sub(builder.trunc(i64(13, width_v), _I32),
                                                  ir.Constant(_I32, 1)))
         out_shift = _splat(builder, builder.trunc(i64(14, out_shift_v), _I32))
+        sign_in_raw = _splat(builder, builder.trunc(i64(15, sign_in_raw_v), _I32))
+        dropped_bits = _splat(builder, builder.trunc(i64(16, dropped_bits_v), _I32))
+        dropped_value = _splat(builder, builder.trunc(i64(17, dropped_value_v), _I32))
         step_raw_bytes = builder.mul(raw_bits, ir.Constant(_I32, LANES // 8))
 
         # Allocas of vectors: LLVM keeps them in registers across the loop.
@@ -188,9 +195,10 @@ def decode_steps(typingctx, table, payload, group_byte, state, pos, raw, raw_byt
                              raw_shift),
                 raw_mask)
             value = builder.or_(
-                builder.shl(builder.lshr(entry, c(E_OUT_SHIFT)), out_shift),
-                builder.or_(builder.lshr(raw_field, c(1)),
-                            builder.shl(builder.and_(raw_field, c(1)), sign_shift)))
+                builder.or_(builder.shl(builder.lshr(entry, c(E_OUT_SHIFT)), out_shift),
+                            dropped_value),
+                builder.or_(builder.shl(builder.lshr(raw_field, sign_in_raw), dropped_bits),
+                            builder.shl(builder.and_(raw_field, sign_in_raw), sign_shift)))
             if out_vec.element.width < 32:
                 value = builder.trunc(value, out_vec)
             dst = builder.gep(out_p, [builder.mul(k, ir.Constant(_I64, LANES))])
@@ -200,7 +208,8 @@ def decode_steps(typingctx, table, payload, group_byte, state, pos, raw, raw_byt
         return context.get_dummy_value()
 
     return types.none(table, payload, group_byte, state, pos, raw, raw_byte, raw_offset,
-                      raw_shift, out, out_index, steps, raw_bits, width, out_shift), codegen
+                      raw_shift, out, out_index, steps, raw_bits, width, out_shift, sign_in_raw,
+                      dropped_bits, dropped_value), codegen
 
 
 @intrinsic

@@ -52,20 +52,28 @@ def _spread(counts, table_log, step):
 
 
 @numba.njit(**NJIT)
-def _build_decode_table(counts, first_symbol, table_log, step, width, raw_bits, out_shift, table):
+def _build_decode_table(counts, first_symbol, table_log, step, width, raw_bits, sign_in_symbol,
+                        dropped_bits, out_shift, table):
     """Fill ``table`` (uint32[2**table_log]) with packed entries (see
-    packing.E_*): the states and symbols of tans.build_decode_table. Returns 0; 1 if the
-    counts are invalid; 2 if a symbol does not fit an entry."""
+    packing.E_*): the states and symbols of tans.build_decode_table, each
+    symbol as the bits it puts in its value (codecs.words.symbol_part).
+    Returns 0; 1 if the counts are invalid; 2 if a symbol does not fit an
+    entry."""
     size = 1 << table_log
     slot_symbol = _spread(counts, table_log, step)
     if slot_symbol.size != size:
         return 1
-    value_mask = (1 << width) - 1
     symbol_part = np.empty(counts.size, np.int64)
     for s in range(counts.size):
-        rotated = ((s + first_symbol) << raw_bits) & value_mask
-        out_part = (rotated >> 1) | ((rotated & 1) << (width - 1))
-        if out_part & ((1 << out_shift) - 1) or (out_part >> out_shift) >> 16:
+        symbol = np.int64(s + first_symbol)
+        if sign_in_symbol:
+            sign, m = symbol & 1, (symbol >> 1) << raw_bits
+        else:
+            u = symbol << raw_bits
+            sign, m = u & 1, u >> 1
+        out_part = (sign << (width - 1)) | (m << dropped_bits)
+        if (out_part >> width or out_part & ((1 << out_shift) - 1)
+                or (out_part >> out_shift) >> 16):
             return 2
         symbol_part[s] = (out_part >> out_shift) << E_OUT_SHIFT
     next_x = counts.copy()
@@ -138,7 +146,8 @@ def decode_table(counts, geometry: CodedGeometry) -> np.ndarray:
     table = np.empty(1 << geometry.table_log, dtype=np.uint32)
     status = _build_decode_table(counts, geometry.first_symbol, geometry.table_log,
                                  tans.spread_step(geometry.table_log), geometry.width,
-                                 geometry.raw_bits, entry_out_shift(geometry.width), table)
+                                 geometry.raw_bits, geometry.sign_in_symbol,
+                                 geometry.dropped_bits, entry_out_shift(geometry.width), table)
     if status == 1:
         raise _bad_counts(counts, geometry.table_log)
     if status:

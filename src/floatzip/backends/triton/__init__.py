@@ -2,7 +2,7 @@
 are decoded there, all tensors of a transformer block in one launch.
 
 It keeps the contract of :class:`floatzip.backends.base.Backend` as a
-decode-only back end (``can_encode`` False: ``histogram`` and ``encode``
+decode-only back end (``can_encode`` False: ``statistics`` and ``encode``
 raise UnsupportedError naming 'numba' and 'numpy'), on CUDA devices, and on
 the CPU under TRITON_INTERPRET=1 (Triton's interpreter: for tests, not
 speed). :func:`decode` takes numpy and gives numpy, and synchronises: it is
@@ -48,7 +48,7 @@ from .host import TORCH_DTYPES
 __all__ = [
     "AUTO_PREFETCH", "CUDA_BUILD", "INTERPRETER_BUILD", "LAUNCHES", "PREFETCHES", "RAW_AHEAD",
     "STAGINGS", "TABLE_MEMORIES", "TORCH_DTYPES", "DeviceBlockDecoder", "DeviceCodedTensor",
-    "KernelBuild", "can_encode", "decode", "default_launch", "devices", "encode", "histogram",
+    "KernelBuild", "can_encode", "decode", "default_launch", "devices", "encode", "statistics",
     "interpreting", "name", "resolve_build",
 ]
 
@@ -66,7 +66,7 @@ def encode(bits, geometry_args, counts, workers: int = 1):
     raise UnsupportedError("the triton back end only decodes; encode with 'numba' or 'numpy'")
 
 
-def histogram(bits, width, top_bits, workers: int = 1):
+def statistics(bits, width, top_bits, workers: int = 1):
     raise UnsupportedError("the triton back end only decodes; encode with 'numba' or 'numpy'")
 
 

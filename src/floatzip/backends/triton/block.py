@@ -88,10 +88,13 @@ from .kernel import (
     DESC_K,
     DESC_LANE,
     DESC_LEFT,
+    DESC_DROPPED,
+    DESC_DROPPED_VALUE,
     DESC_MIN_STEPS,
     DESC_OUT,
     DESC_RAW_BIT,
     DESC_RAW_BITS,
+    DESC_SIGN_RAW,
     DESC_STEPS,
     DESC_TABLE,
     DESC_TABLE_LOG,
@@ -292,6 +295,9 @@ class DeviceBlockDecoder:
                 row[DESC_K] = k
                 row[DESC_OUT] = out_at + first * itemsize
                 row[DESC_WIDTH] = g.width
+                row[DESC_SIGN_RAW] = 1 - g.sign_in_symbol
+                row[DESC_DROPPED] = g.dropped_bits
+                row[DESC_DROPPED_VALUE] = g.dropped_value
                 row[DESC_GROUPS] = n_groups
                 row[DESC_STEPS] = min(k, -(-row[DESC_LEFT] // LANES))
                 if n_groups == groups_per_program:

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from ...codecs import tans
+from ...codecs.words import symbol_part
 from ...codecs.encoded import CODEC_RAW, CODEC_TANS, EncodedTensor
 from ...codecs.layout import MAX_LANE_SYMBOLS, CodedGeometry
 from ...dtypes import FLOAT_LAYOUTS, ITEMSIZE, torch_dtypes
@@ -115,9 +116,14 @@ def check_encoded(enc: EncodedTensor, label: str) -> None:
 
     need(g.count == enc.count, "geometry.count", enc.count, g.count)
     need(g.width == layout.width, "geometry.width", layout.width, g.width)
-    need(layout.exponent_bits <= g.symbol_bits <= min(g.width, tans.MAX_SYMBOL_BITS),
-         "geometry.symbol_bits", f"{layout.exponent_bits}..{min(g.width, tans.MAX_SYMBOL_BITS)}",
-         g.symbol_bits)
+    need(g.sign_in_symbol in (0, 1), "geometry.sign_in_symbol", "0 or 1", g.sign_in_symbol)
+    need(0 <= g.dropped_bits <= layout.mantissa_bits, "geometry.dropped_bits",
+         f"0..{layout.mantissa_bits}", g.dropped_bits)
+    need(0 <= g.dropped_value < 1 << g.dropped_bits, "geometry.dropped_value",
+         f"0..{(1 << g.dropped_bits) - 1}", g.dropped_value)
+    top = min(g.coded_bits - g.sign_in_symbol, tans.MAX_SYMBOL_BITS)
+    need(layout.exponent_bits <= g.symbol_bits <= top, "geometry.symbol_bits",
+         f"{layout.exponent_bits}..{top}", g.symbol_bits)
     need(tans.MIN_TABLE_LOG <= g.table_log <= tans.MAX_TABLE_LOG, "geometry.table_log",
          f"{tans.MIN_TABLE_LOG}..{tans.MAX_TABLE_LOG}", g.table_log)
     need(1 <= g.lane_symbols <= MAX_LANE_SYMBOLS, "geometry.lane_symbols",
@@ -175,9 +181,9 @@ def decode_table(enc: EncodedTensor, label: str) -> np.ndarray:
 
 def device_table(table: np.ndarray, g: CodedGeometry) -> np.ndarray:
     """The decode table in the kernel's layout (int32 per slot): bits 28-31
-    nbits, bits 12-27 the decoded value with a zero raw field, i.e.
-    rotate_right_1(symbol << raw_bits) in the value's width (FP32: its top 16
-    bits; the low 16 are 0 because FP32 keeps at least 20 raw bits), bits
+    nbits, bits 12-27 the bits the symbol puts in its value
+    (codecs.words.symbol_part; FP32: its top 16 bits; the low 16 are 0
+    because an FP32 symbol of at most 12 bits lies above bit 19), bits
     0-11 the next state's base. The kernel ORs in the rotated raw field, so
     a step spends no instructions placing the symbol; nbits on top is one
     shift, and for 8- and 16-bit values ``entry >> 12`` is the value part
@@ -185,8 +191,7 @@ def device_table(table: np.ndarray, g: CodedGeometry) -> np.ndarray:
     t = table.astype(np.int64)
     base = t & tans.ENTRY_BASE_MASK
     nbits = (t >> tans.ENTRY_NBITS_SHIFT) & 0xF
-    shifted = (t >> tans.ENTRY_SYMBOL_SHIFT) << g.raw_bits
-    value = (shifted >> 1) | ((shifted & 1) << (g.width - 1))
+    value = symbol_part(t >> tans.ENTRY_SYMBOL_SHIFT, g)
     if g.width == 32:
         assert not np.any(value & 0xFFFF), "FP32 symbols lie in the top 16 bits"
         value >>= 16

@@ -147,6 +147,9 @@ DESC_WIDTH = 9       # bits per value: 8, 16 or 32
 DESC_GROUPS = 10     # groups this program decodes (<= GROUPS)
 DESC_STEPS = 11      # steps the program runs: min(K, ceil(LEFT / 32)), less than K in a tail
 DESC_MIN_STEPS = 12  # symbols in the program's shortest lane; 0 when it lacks a group
+DESC_SIGN_RAW = 13   # 1: the raw field's bit 0 is the sign (format 1); 0: the symbol holds it
+DESC_DROPPED = 14    # dropped_bits: the raw field's other bits go this far up
+DESC_DROPPED_VALUE = 15  # dropped_value, ORed into every value
 DESC_FIELDS = 16     # row length (padded)
 
 
@@ -185,6 +188,9 @@ def _decode_kernel(
     groups = tl.load(row + 10).to(tl.int32)         # DESC_GROUPS
     steps = tl.load(row + 11).to(tl.int32)          # DESC_STEPS
     min_steps = tl.load(row + 12).to(tl.int32)      # DESC_MIN_STEPS
+    sign_raw = tl.load(row + 13).to(tl.uint32)      # DESC_SIGN_RAW
+    dropped = tl.load(row + 14).to(tl.uint32)       # DESC_DROPPED
+    dropped_value = tl.load(row + 15).to(tl.uint32)  # DESC_DROPPED_VALUE
 
     lane = tl.arange(0, GROUPS * 32)
     group = lane // 32
@@ -415,15 +421,17 @@ def _decode_kernel(
                                  .to(tl.int32)],
                                 dtype=tl.int32, is_pure=False, pack=1)
 
-                        # value = rotate_right_1(symbol << raw_bits | field):
-                        # the symbol's part comes rotated from the table, the
-                        # field's sign bit (its bit 0) goes to the top; the
-                        # store's truncation drops the field bits shifted past it.
+                        # value = the symbol's part, from the table, | the
+                        # field's part (codecs.words.raw_part: in format 1
+                        # its bit 0 is the sign and goes to the top, the rest
+                        # sits above the dropped bits) | the dropped value;
+                        # the store's truncation drops bits shifted past it.
                         if w == 2:
                             symbol_part = (entry.to(tl.uint32, bitcast=True) << 4) & 0xFFFF0000
                         else:
                             symbol_part = entry.to(tl.uint32, bitcast=True) >> 12
-                        value = symbol_part | (field >> 1) | (field << ((8 << w) - 1))
+                        value = (symbol_part | ((field >> sign_raw) << dropped)
+                                 | ((field & sign_raw) << ((8 << w) - 1)) | dropped_value)
                         if w == 0:
                             value = value.to(tl.uint8)
                         elif w == 1:
