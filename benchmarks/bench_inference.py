@@ -11,6 +11,12 @@ For each model, every way of running it is measured in a process of its own
   at_load             floatzip.load_model(decode="at_load"): decode once
   on_the_fly          floatzip.load_model(): weights stay compressed in memory,
                       each block decoded just before it runs (prefetch off, and on)
+  on_the_fly fast     the same with memory="fast": BF16 weights transcoded at load
+                      into the fast in-memory code (docs/FAST_CODE.md)
+
+With --rounds N every way runs N times, the ways interleaved round by round
+(the machine's noise then hits all of them alike), and each row is the
+round with the median latency.
 
 The Llama (random weights, BF16, TinyLlama-1.1B's shape) is built on the fly
 into a scratch directory and compressed with the CLI; nothing is stored in
@@ -33,8 +39,10 @@ import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-RUNS = [("original", []), ("at_load", []), ("on_the_fly", ["--prefetch", "off"]),
-        ("on_the_fly", ["--prefetch", "on"])]
+RUNS = [("original", []), ("at_load", []),
+        ("on_the_fly", ["--prefetch", "off"]), ("on_the_fly", ["--prefetch", "on"]),
+        ("on_the_fly", ["--prefetch", "off", "--memory", "fast"]),
+        ("on_the_fly", ["--prefetch", "on", "--memory", "fast"])]
 SMALL_LLAMA = dict(hidden_size=768, intermediate_size=2048, num_hidden_layers=12,
                    num_attention_heads=12, num_key_value_heads=4, vocab_size=32000)
 
@@ -85,6 +93,16 @@ def build_minilm(root: str) -> tuple[str, str, dict]:
     return original, packed, {"compress_s": time.perf_counter() - t0}
 
 
+def median_round(results: list[dict], task: str) -> dict:
+    """Of one way's rounds, the one with the median latency, with every
+    round's latency kept (``latencies``)."""
+    key = "token_s" if task == "generate" else "forward_s"
+    ordered = sorted(results, key=lambda r: r[key])
+    row = dict(ordered[(len(ordered) - 1) // 2])
+    row["latencies"] = [r[key] for r in results]
+    return row
+
+
 def weights_bytes(directory: str) -> int:
     return sum(os.path.getsize(os.path.join(directory, f)) for f in os.listdir(directory)
                if f.endswith(".safetensors"))
@@ -101,12 +119,19 @@ def table(name: str, original: str, packed: str, rows: list[dict], task: str, de
              f"(ratio {cb / wb:.3f})", ""]
     mem = "peak GPU GB" if device != "cpu" else "peak RSS GB"
     unit = "token s" if task == "generate" else "-"
-    lines.append(f"| run | load s | {mem} | vs original | above baseline GB | forward s | "
-                 f"{unit} | vs original | decode s/fwd | stall s/fwd | outputs |")
-    lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    lines.append(f"| run | load s | {mem} | vs original | above baseline GB | kept GB | "
+                 f"forward s | {unit} | vs original | decode s/fwd | stall s/fwd | outputs |")
+    lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for r in rows:
+        fast = r.get("memory") == "fast"
         label = r["how"] + ("" if r["how"] != "on_the_fly" else
-                            " (prefetch)" if r["prefetch"] else " (no prefetch)")
+                            (" fast" if fast else "") +
+                            (" (prefetch)" if r["prefetch"] else " (no prefetch)"))
+        # What the weights decoded on the fly are kept as: the file's code
+        # (memory-mapped), or the fast code (row-looked-up embeddings stay
+        # in the file's code and are not counted there).
+        kept = ("-" if r["how"] != "on_the_fly" else
+                gb(r["fast_code_bytes"] if fast else r["compressed_bytes"]))
         if device != "cpu":
             peak, ref_peak, above = r["gpu_peak"], ref["gpu_peak"], None
         else:
@@ -119,6 +144,7 @@ def table(name: str, original: str, packed: str, rows: list[dict], task: str, de
         stall = f"{r['wait_s'] / n:.3f}" if "wait_s" in r and device == "cpu" else "-"
         lines.append(
             f"| {label} | {r['load_s']:.2f} | {gb(peak)} | {peak / ref_peak:.2f}x | {gb(above)} | "
+            f"{kept} | "
             f"{r['forward_s']:.3f} | {'-' if latency is None else f'{latency:.3f}'} | "
             f"{mine / ref_latency:.2f}x | {decode} | {stall} | "
             f"{'identical' if r['digest'] == ref['digest'] else 'DIFFERENT'} |")
@@ -131,6 +157,7 @@ def main(argv=None) -> int:
     p.add_argument("--no-minilm", action="store_true")
     p.add_argument("--tokens", type=int, default=8, help="new tokens per causal-LM run")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--rounds", type=int, default=1, help="interleaved rounds of every way")
     p.add_argument("--workdir", default=None, help="scratch directory (default: a temporary one)")
     p.add_argument("--out", default=None, help="also write the tables (markdown) and the raw "
                                                "results (json) under this directory")
@@ -152,8 +179,9 @@ def main(argv=None) -> int:
             original, packed, info = build()
             log(f"   compressed in {info['compress_s']:.0f} s")
             runs = RUNS if args.device == "cpu" else RUNS[:3]    # the GPU path has no prefetch thread
-            rows = [measure(original if how == "original" else packed, how, extra, args, task)
-                    for how, extra in runs]
+            rounds = [[measure(original if how == "original" else packed, how, extra, args, task)
+                       for how, extra in runs] for _ in range(args.rounds)]
+            rows = [median_round([r[i] for r in rounds], task) for i in range(len(runs))]
             raw[name] = rows
             sections.append(table(name, original, packed, rows, task, args.device))
             shutil.rmtree(original, ignore_errors=True)
@@ -163,7 +191,8 @@ def main(argv=None) -> int:
             shutil.rmtree(root, ignore_errors=True)
     header = (f"## Inference from compressed weights ({args.device}, "
               f"{os.cpu_count()} cores, torch {torch.__version__}, "
-              f"{torch.get_num_threads()} threads; {time.perf_counter() - started:.0f} s)")
+              f"{torch.get_num_threads()} threads; {args.rounds} interleaved round(s), median; "
+              f"{time.perf_counter() - started:.0f} s)")
     text = "\n\n".join([header] + sections)
     print(text)
     if args.out:

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import importlib
 import os
+from dataclasses import dataclass
+from typing import Callable
 
 from ..errors import UnsupportedError
 
@@ -103,3 +105,32 @@ def _load(name: str, origin: str = "backend="):
         raise UnsupportedError(f"back end {name!r} is not usable here ({_failed[name]}); "
                                f"choose one of {', '.join(usable)}")
     return _loaded[name]
+
+
+@dataclass(frozen=True)
+class FastCode:
+    """The fast in-memory code's encoder and decoder on one back end
+    (:class:`base.FastCodeBackend`'s two functions, and whose they are)."""
+    name: str                   # the back end's name
+    encode: Callable            # (values, bits=None, palette=None) -> FastTensor
+    decode: Callable            # (ft, out=None, workers=1) -> uint16 array
+
+
+def _reference_fast_decode(ft, out=None, workers: int = 1):
+    from ..codecs import fast_code
+    return fast_code.decode(ft, out)
+
+
+def select_fast_code(name: str | None = None, *, device: str = "cpu") -> FastCode:
+    """The fast code's encoder and decoder for ``device``: those of the back
+    end :func:`select` gives (by name, $FLOATZIP_BACKEND, else the fastest),
+    or, for a CPU back end without them (the NumPy reference), the
+    reference in codecs/fast_code.py. UnsupportedError if none runs there."""
+    module = select(name, device=device)
+    if hasattr(module, "fast_decode") and hasattr(module, "fast_encode"):
+        return FastCode(module.name, module.fast_encode, module.fast_decode)
+    if device == "cpu":
+        from ..codecs import fast_code
+        return FastCode(module.name, fast_code.encode, _reference_fast_decode)
+    raise UnsupportedError(f"back end {module.name!r} has no decoder of the fast in-memory code "
+                           f"on {device}; use memory='compact'")

@@ -10,6 +10,9 @@ naming one that works) and builds the decoder that runs it:
 * :class:`CpuBlockDecoder`, for a back end that decodes into host memory
   (numba, which releases the GIL, or numpy): tensor after tensor, each at a
   64-byte aligned offset.
+* :class:`FastCpuBlockDecoder` (``memory="fast"``): BF16 weights
+  transcoded at load into the fast in-memory code (codecs/fast_code.py) and
+  decoded from it, ~10 GB/s a core instead of ~1.
 * :class:`TritonBlockDecoder`, for one that decodes where the model runs
   (the Triton back end: on CUDA, or on the CPU under TRITON_INTERPRET=1, for
   tests): it keeps the coded weights on the device and decodes a whole unit
@@ -105,14 +108,23 @@ def block_backend(backend, device: torch.device):
 
 
 def make_block_decoder(placements, device: torch.device, backend=None,
-                       workers: int = 1) -> BlockDecoder:
+                       workers: int = 1, *, fast=None, shared: dict | None = None) -> BlockDecoder:
     """The block decoder for a device, with the back end
     :func:`block_backend` picks: Triton kernels on CUDA (or on the CPU under
     TRITON_INTERPRET=1 with backend="triton", for tests), the coding back
-    end's ``decode`` on the CPU."""
+    end's ``decode`` on the CPU. ``fast`` (a backends.FastCode) asks for the
+    fast in-memory code (memory="fast"), CPU only so far; ``shared`` is the
+    model's source key -> FastTensor dict."""
     impl = block_backend(backend, device)
     if decodes_on_device(impl):
+        if fast is not None:
+            raise UnsupportedError(f"memory='fast' decodes on the CPU only in this floatzip, "
+                                   f"not with {impl.name!r} on {device.type}; use "
+                                   "memory='compact'")
         return TritonBlockDecoder(placements, device, impl)
+    if fast is not None:
+        return FastCpuBlockDecoder(placements, backend=impl.name, workers=workers, fast=fast,
+                                   shared={} if shared is None else shared)
     return CpuBlockDecoder(placements, backend=impl.name, workers=workers)
 
 
@@ -159,22 +171,117 @@ class CpuBlockDecoder(BlockDecoder):
     def decode(self, buffer: torch.Tensor, workers: int | None = None) -> list[torch.Tensor]:
         workers = workers or self.workers
         flat = buffer.numpy()
-        views = []
-        for pl in self.placements:
-            src = pl.source
-            dst = flat[pl.offset:pl.offset + pl.nbytes]
-            view = buffer[pl.offset:pl.offset + pl.nbytes].view(pl.dtype).view(pl.shape)
-            if src.torch_dtype == pl.dtype:
-                decode_into(src.encoded, dst, backend=self.backend, workers=workers,
-                            verify=not self._verified, where=src.where())
-            else:           # transformers cast it (dtype plan, or another dtype asked for)
-                tmp = np.empty(src.encoded.original_bytes, dtype=np.uint8)
-                decode_into(src.encoded, tmp, backend=self.backend, workers=workers,
-                            verify=not self._verified, where=src.where())
-                view.copy_(bytes_to_torch(tmp, src.dtype, src.shape))
-            views.append(view)
+        views = [self._decode_one(pl, buffer, flat, workers) for pl in self.placements]
         self._verified = True
         return views
+
+    def _view(self, pl: Placement, buffer: torch.Tensor) -> torch.Tensor:
+        return buffer[pl.offset:pl.offset + pl.nbytes].view(pl.dtype).view(pl.shape)
+
+    def _decode_one(self, pl: Placement, buffer: torch.Tensor, flat: np.ndarray,
+                    workers: int) -> torch.Tensor:
+        """One tensor from its coded form in the file, into its place."""
+        src = pl.source
+        view = self._view(pl, buffer)
+        if src.torch_dtype == pl.dtype:
+            decode_into(src.encoded, flat[pl.offset:pl.offset + pl.nbytes], backend=self.backend,
+                        workers=workers, verify=not self._verified, where=src.where())
+        else:           # transformers cast it (dtype plan, or another dtype asked for)
+            tmp = np.empty(src.encoded.original_bytes, dtype=np.uint8)
+            decode_into(src.encoded, tmp, backend=self.backend, workers=workers,
+                        verify=not self._verified, where=src.where())
+            view.copy_(bytes_to_torch(tmp, src.dtype, src.shape))
+        return view
+
+
+class FastCpuBlockDecoder(CpuBlockDecoder):
+    """``memory="fast"``: each BF16 weight is transcoded once from the
+    file's tANS code into the fast in-memory code (codecs/fast_code.py,
+    docs/FAST_CODE.md), checked against its checksum on the way, and decoded
+    from that before every use; weights of other dtypes (or cast by
+    transformers) are decoded as :class:`CpuBlockDecoder` does.
+
+    :meth:`prepare` transcodes (the runtime calls it at load; a unit that
+    may never need a whole decode, an embedding looked up by rows, leaves
+    it to its first such decode). ``shared``: source key -> FastTensor,
+    one dict for the model, so that a tied weight is transcoded once."""
+
+    def __init__(self, placements, *, backend=None, workers: int = 1, fast, shared: dict):
+        super().__init__(placements, backend=backend, workers=workers)
+        self.fast = fast                        # backends.FastCode
+        self._shared = shared
+        self.coded: list | None = None          # per placement: FastTensor, or None (compact)
+
+    @staticmethod
+    def transcodes(pl: Placement) -> bool:
+        return pl.source.dtype == "BF16" and pl.dtype == torch.bfloat16
+
+    def prepare(self) -> None:
+        if self.coded is not None:
+            return
+        coded = []
+        for pl in self.placements:
+            ft = None
+            if self.transcodes(pl):
+                ft = self._shared.get(pl.source.key)
+                if ft is None:
+                    ft = transcode(pl.source, self.fast, backend=self.backend,
+                                   workers=self.workers)
+                    self._shared[pl.source.key] = ft
+            coded.append(ft)
+        self.coded = coded
+
+    def decode(self, buffer: torch.Tensor, workers: int | None = None) -> list[torch.Tensor]:
+        self.prepare()
+        workers = workers or self.workers
+        flat = buffer.numpy()
+        views = []
+        for pl, ft in zip(self.placements, self.coded):
+            if ft is None:
+                views.append(self._decode_one(pl, buffer, flat, workers))
+            else:
+                self.fast.decode(ft, flat[pl.offset:pl.offset + pl.nbytes], workers)
+                views.append(self._view(pl, buffer))
+        self._verified = True
+        return views
+
+
+def transcode(src, fast, *, backend=None, workers: int = 1):
+    """The FastTensor of a BF16 source tensor: decoded from the file
+    (checked against its checksum), encoded with ``fast``
+    (backends.FastCode) and validated; then the file's pages under it are
+    released, so that the compressed copy does not stay resident too."""
+    tmp = np.empty(src.encoded.original_bytes, dtype=np.uint8)
+    decode_into(src.encoded, tmp, backend=backend, workers=workers, verify=True,
+                where=src.where())
+    ft = fast.encode(tmp.view(np.uint16))
+    ft.validate(src.where())
+    release_pages(src.encoded.payload)
+    release_pages(src.encoded.raw)
+    return ft
+
+
+_MADV_DONTNEED = 4
+
+
+def release_pages(array) -> None:
+    """Drop this process's mapping of the file pages under ``array`` (a view
+    of a read-only memory map): they stop counting in its resident memory,
+    and are read again from the file (or the page cache) if touched again.
+    Decoding at load calls it after each tensor, so that the compressed
+    file does not stay resident next to the decoded weights. Anything but a
+    memory map is left alone."""
+    if not isinstance(array, np.memmap) or array.size == 0:
+        return
+    import ctypes
+    import mmap
+    page = mmap.PAGESIZE
+    begin = array.__array_interface__["data"][0]
+    start = -(-begin // page) * page
+    end = (begin + array.nbytes) // page * page
+    if end > start:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), _MADV_DONTNEED)
 
 
 # Original bytes decoded per step when a tensor is checked whole at load:

@@ -26,7 +26,6 @@ import json
 import os
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import xxhash
 
@@ -38,7 +37,7 @@ from ..errors import CorruptDataError, FormatError, UnsupportedError
 from ..format.container import FloatzipFile
 from ..io_utils import resolve_workers
 from . import runtime
-from .block_decoders import block_backend, decodes_on_device
+from .block_decoders import block_backend, decodes_on_device, release_pages
 from .dtypes import bytes_to_torch, torch_dtype
 from .units import deferrable_parameter_names
 
@@ -51,6 +50,7 @@ GENERATION_CONFIG = "generation_config.json"
 # not read here, so hashing them would cost without protecting anything).
 READ_FILES = (CONFIG, GENERATION_CONFIG, INDEX_FILE)
 DECODE_MODES = ("on_the_fly", "at_load")
+MEMORY_MODES = ("compact", "fast")
 
 
 # -- the compressed checkpoint -------------------------------------------------
@@ -198,29 +198,6 @@ class _MetaStub:
 
     def to(self, device=None, dtype=None, **_):
         return torch.empty(self.shape, dtype=dtype or self.dtype, device="meta")
-
-
-_MADV_DONTNEED = 4
-
-
-def release_pages(array) -> None:
-    """Drop this process's mapping of the file pages under ``array`` (a view
-    of a read-only memory map): they stop counting in its resident memory,
-    and are read again from the file (or the page cache) if touched again.
-    Decoding at load calls it after each tensor, so that the compressed
-    file does not stay resident next to the decoded weights. Anything but a
-    memory map is left alone."""
-    if not isinstance(array, np.memmap) or array.size == 0:
-        return
-    import ctypes
-    import mmap
-    page = mmap.PAGESIZE
-    begin = array.__array_interface__["data"][0]
-    start = -(-begin // page) * page
-    end = (begin + array.nbytes) // page * page
-    if end > start:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), _MADV_DONTNEED)
 
 
 def load_backend(backend, device: torch.device):
@@ -481,7 +458,7 @@ def check_shapes(checkpoint: CompressedCheckpoint, mapping, skeleton, config_pat
 
 def load_model(path, device="cpu", model_class=None, decode: str = "on_the_fly", *,
                dtype=None, prefetch: bool | None = None, backend=None,
-               workers: int | None = None, verify: bool = True):
+               workers: int | None = None, verify: bool = True, memory: str = "compact"):
     """A transformers model from a compressed model directory, bit-exact
     with the model loaded from the original files.
 
@@ -508,14 +485,31 @@ def load_model(path, device="cpu", model_class=None, decode: str = "on_the_fly",
                  False skips it (a faster load; FORMAT.md allows a GPU path
                  to rely on the structural checks). On the CPU every tensor
                  is checked as it is first decoded, whatever this says.
+    memory       on the fly, what the weights are kept as between uses:
+                 "compact" (default): the file's tANS code, memory-mapped,
+                 the smallest; "fast": BF16 weights are transcoded at load
+                 into a code built for decode speed (docs/FAST_CODE.md:
+                 ~0.70 of BF16 on real weights against ~0.66, decoded ~10x
+                 faster), other dtypes stay compact. CPU only so far.
+                 Outputs are bit-identical either way.
 
     Everything is read from ``path``; nothing is downloaded.
     """
     if decode not in DECODE_MODES:
         raise UnsupportedError(f"decode must be one of {', '.join(map(repr, DECODE_MODES))}, "
                                f"not {decode!r}")
+    if memory not in MEMORY_MODES:
+        raise UnsupportedError(f"memory must be one of {', '.join(map(repr, MEMORY_MODES))}, "
+                               f"not {memory!r}")
+    if memory == "fast" and decode != "on_the_fly":
+        raise UnsupportedError("memory='fast' chooses how weights decoded on the fly are kept; "
+                               f"with decode={decode!r} every weight is decoded at load; use "
+                               "decode='on_the_fly' or drop memory=")
     directory = os.fspath(path)
     dev = resolve_device(device)
+    if memory == "fast" and dev.type != "cpu":
+        raise UnsupportedError(f"memory='fast' runs on the CPU only in this floatzip, not on "
+                               f"{dev.type!r}; use memory='compact' (the default)")
     checkpoint = CompressedCheckpoint(directory)
     config = load_config(directory)
     cls = resolve_model_class(config, model_class, directory)
@@ -529,6 +523,8 @@ def load_model(path, device="cpu", model_class=None, decode: str = "on_the_fly",
     # serve fails now.
     block_impl = _on_the_fly_backend(backend, dev) if on_the_fly else None
     load_impl = load_backend(backend, dev)
+    if memory == "fast":
+        backends.select_fast_code(backend, device=dev.type)
 
     skeleton = build_meta_skeleton(cls, config, dtype)
     mapping = map_checkpoint_keys(skeleton, checkpoint.tensors)
@@ -573,7 +569,7 @@ def load_model(path, device="cpu", model_class=None, decode: str = "on_the_fly",
     model.eval()
     if on_the_fly:
         runtime.attach(model, deferred_targets, checkpoint, device=dev, prefetch=prefetch,
-                       backend=block_impl.name, workers=workers)
+                       backend=block_impl.name, workers=workers, memory=memory)
     return model
 
 

@@ -2,7 +2,7 @@
 inference benchmark and the memory test:
 
     python -m floatzip.torch.measure DIR --how original|at_load|on_the_fly
-        [--prefetch auto|on|off] [--task generate|embed] [--tokens N] [--prompt N] [--repeat N]
+        [--prefetch auto|on|off] [--memory compact|fast] [--task generate|embed] [--tokens N] [--prompt N] [--repeat N]
 
 prints one JSON object: load time, latencies, decode time, the digest of the
 outputs (equal digests = bit-identical outputs), and memory read from
@@ -53,7 +53,9 @@ def _load(args):
         return cls.from_pretrained(args.dir, dtype="auto", local_files_only=True, **kwargs).eval()
     import floatzip
     prefetch = {"auto": None, "on": True, "off": False}[args.prefetch]
-    return floatzip.load_model(args.dir, device=args.device, decode=args.how, prefetch=prefetch)
+    extra = {"memory": args.memory} if args.how == "on_the_fly" else {}
+    return floatzip.load_model(args.dir, device=args.device, decode=args.how, prefetch=prefetch,
+                               **extra)
 
 
 def _sync(device) -> None:
@@ -72,6 +74,7 @@ def _warm_up_decoder() -> None:
 
     import numpy as np
 
+    from floatzip import backends
     from floatzip.decode import decode_tensor
     from floatzip.encode import encode_tensor
     from floatzip.torch.block_decoders import decode_into, decode_rows
@@ -88,6 +91,8 @@ def _warm_up_decoder() -> None:
                                  payload=read_only(enc.payload), raw=read_only(enc.raw))
     decode_into(mapped, np.empty(enc.original_bytes, dtype=np.uint8))
     decode_rows(mapped, np.array([0, 63]))
+    fast = backends.select_fast_code()
+    fast.decode(fast.encode(bits.view(np.uint16)))
 
 
 def run(args) -> dict:
@@ -112,6 +117,7 @@ def run(args) -> dict:
     after_load = memory()
     runtime = getattr(model, "floatzip_decoder", None)
     result = {"how": args.how, "prefetch": runtime.prefetch if runtime else None,
+              "memory": args.memory if runtime else None,
               "load_s": load_s, "threads": torch.get_num_threads()}
     g = torch.Generator().manual_seed(1)
     vocab = model.config.vocab_size
@@ -164,7 +170,8 @@ def run(args) -> dict:
     if runtime:
         s = runtime.stats
         result.update(decode_s=s.decode_s, wait_s=s.wait_s, decoded_bytes=s.decoded_bytes,
-                      compressed_bytes=runtime.compressed_bytes, slots=runtime.slots,
+                      compressed_bytes=runtime.compressed_bytes,
+                      fast_code_bytes=runtime.fast_code_bytes, slots=runtime.slots,
                       slot_bytes=runtime.slot_bytes)
     if cuda:
         result.update(gpu_loaded=loaded_gpu, gpu_peak=torch.cuda.max_memory_allocated())
@@ -179,6 +186,7 @@ def main(argv=None) -> int:
     p.add_argument("dir")
     p.add_argument("--how", choices=["original", "at_load", "on_the_fly"], required=True)
     p.add_argument("--prefetch", choices=["auto", "on", "off"], default="auto")
+    p.add_argument("--memory", choices=["compact", "fast"], default="compact")
     p.add_argument("--device", default="cpu")
     p.add_argument("--task", choices=["generate", "embed"], default="generate")
     p.add_argument("--tokens", type=int, default=8, help="tokens to generate")

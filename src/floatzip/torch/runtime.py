@@ -41,11 +41,13 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from .. import backends
 from ..errors import CorruptDataError, FloatzipError
 from .block_decoders import (
     BlockDecoder,
     CpuBlockDecoder,
     EmbeddingRows,
+    FastCpuBlockDecoder,
     block_backend,
     layout,
     make_block_decoder,
@@ -162,6 +164,17 @@ class OnTheFlyDecoder:
     def compressed_bytes(self) -> int:
         """Coded bytes of the weights decoded on the fly."""
         return sum(pl.source.stored_bytes for u in self.units for pl in u.decoder.placements)
+
+    @property
+    def fast_code_bytes(self) -> int:
+        """Bytes of the fast in-memory code held (memory="fast"; tied
+        weights once), 0 otherwise."""
+        held = {}
+        for u in self.units:
+            for ft in getattr(u.decoder, "coded", None) or ():
+                if ft is not None:
+                    held[id(ft)] = ft.nbytes
+        return sum(held.values())
 
     # -- slots
     def _take_slot(self, nbytes: int = 0) -> torch.Tensor:
@@ -344,11 +357,16 @@ def _pin_device(model: nn.Module, device: torch.device) -> None:
 
 
 def attach(model: nn.Module, deferred: dict, checkpoint=None, *, device: torch.device,
-           prefetch: bool | None = None, backend=None, workers: int = 1) -> OnTheFlyDecoder:
+           prefetch: bool | None = None, backend=None, workers: int = 1,
+           memory: str = "compact") -> OnTheFlyDecoder:
     """Install on-the-fly decoding on a model whose deferred parameters are
     meta placeholders. ``deferred``: model parameter name -> SourceTensor;
     ``backend``: as ``floatzip.backends.select`` takes it, chosen once for
-    ``device`` before the model is touched."""
+    ``device`` before the model is touched; ``memory``: "compact" (decode
+    from the file's code) or "fast" (transcode BF16 weights now into the
+    fast in-memory code, and decode from that)."""
+    fast = backends.select_fast_code(backend, device=device.type) if memory == "fast" else None
+    shared: dict = {}                       # source key -> FastTensor (tied weights: once)
     backend = block_backend(backend, device).name
     units_found = unit_modules(model)
     prefixes = owner_prefixes(units_found)
@@ -358,6 +376,7 @@ def attach(model: nn.Module, deferred: dict, checkpoint=None, *, device: torch.d
 
     made: dict[int, tuple[DeferredParam, object]] = {}
     units = []
+    to_transcode: list[FastCpuBlockDecoder] = []
     for kind, uname, module in units_found:
         pairs, dparams = [], []
         for p in module.parameters():
@@ -378,13 +397,19 @@ def attach(model: nn.Module, deferred: dict, checkpoint=None, *, device: torch.d
             pairs.append((src, p))
         if dparams:
             placements = layout(pairs)
-            decoder = make_block_decoder(placements, device, backend, workers)
+            decoder = make_block_decoder(placements, device, backend, workers, fast=fast,
+                                         shared=shared)
             unit = Unit(kind, uname, module, dparams, decoder)
             if (kind == "embeddings" and isinstance(decoder, CpuBlockDecoder)
                     and isinstance(module, nn.Embedding) and len(dparams) == 1
                     and dparams[0].param is module.weight and module.max_norm is None):
+                # Rows are looked up in the file's code in both memory modes:
+                # a token's rows are a few KB of groups, and the table's
+                # memory map holds only those.
                 unit.rows = EmbeddingRows(placements[0], backend=backend, workers=workers)
                 verify_whole(placements[0].source, backend, workers)
+            elif isinstance(decoder, FastCpuBlockDecoder):
+                to_transcode.append(decoder)
             units.append(unit)
 
     left = [n for n, p in model.named_parameters() if p.device.type == "meta" and id(p) not in made]
@@ -392,6 +417,10 @@ def attach(model: nn.Module, deferred: dict, checkpoint=None, *, device: torch.d
     if left:
         raise FloatzipError(f"floatzip: {len(left)} tensor(s) of {type(model).__name__} were left "
                             f"undecoded (first: {left[:3]}); load with decode='at_load'")
+    # Transcode at load, not in the first forward; the largest unit first,
+    # so that its temporary buffers are not on top of every other unit's code.
+    for decoder in sorted(to_transcode, key=lambda d: -d.nbytes):
+        decoder.prepare()
     runtime = OnTheFlyDecoder(units, device, prefetch)
     runtime.checkpoint = checkpoint         # keeps the memory maps open
     model.floatzip_decoder = runtime

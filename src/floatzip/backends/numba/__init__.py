@@ -33,7 +33,8 @@ run-time argument. Importing this package compiles nothing.
 Modules, lowest first: ``packing`` (bit layouts and limits the others
 share), ``intrinsics`` (the LLVM IR pieces), ``tables``, ``dispatch`` (SIMD
 or scalar kernel), ``threads`` (the pool and how work is cut), then
-``decoder``, ``encoder`` and ``histograms``, each a kernel and the host code
+``decoder``, ``encoder``, ``histograms`` and ``fast_code`` (the fast
+in-memory code of ``load_model(memory="fast")``), each a kernel and the host code
 that checks its arguments before the kernel touches them. numba's cache
 stamps a kernel with its own file only: after editing ``packing`` or
 ``intrinsics``, delete this package's ``__pycache__``.
@@ -52,11 +53,13 @@ if numba.config.DISABLE_JIT:       # the LLVM intrinsics cannot run as Python
 # After the checks above: a machine that fails them never defines a kernel.
 from .decoder import check_out, decode
 from .encoder import encode
-from .histograms import histogram
+from .fast_code import decode as fast_decode
+from .fast_code import encode as fast_encode
+from .histograms import statistics
 from .tables import decode_table, encode_table
 
 __all__ = ["can_encode", "check_out", "decode", "decode_table", "devices", "encode",
-           "encode_table", "histogram", "name"]
+           "encode_table", "fast_decode", "fast_encode", "name", "statistics"]
 
 name = "numba"
 can_encode = True
