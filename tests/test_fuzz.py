@@ -15,20 +15,33 @@ from floatzip.format.container import FloatzipFile
 BACKENDS = ["numpy", "numba"]
 
 
-@pytest.fixture(scope="module")
-def valid_file(tmp_path_factory):
+@pytest.fixture(scope="module", params=["format-1-features", "format-2-features"])
+def valid_file(tmp_path_factory, request):
     rng = np.random.default_rng(7)
     root = tmp_path_factory.mktemp("fuzz")
     w = (rng.standard_normal(3000) * 0.02).astype(np.float32)
-    src = write_safetensors(root / "orig.safetensors", [
+    tensors = [
         ("w", "BF16", [3000], bf16_bits(w)),
         ("h", "F16", [40, 25], w[:1000].astype(np.float16)),
         ("i", "I32", [3], np.arange(3, dtype="<i4")),
-    ])
+    ]
+    if request.param == "format-2-features":
+        signed = np.where(rng.random(3000) < 0.25, -4 * np.abs(w), np.abs(w))
+        tensors = [
+            ("w", "F16", [3000], signed.astype(np.float16)),                # sign in symbol
+            ("c", "F32", [2000], (bf16_bits(w[:2000]).astype("<u4") << 16)),  # 16 dropped bits
+            ("z", "BF16", [64], np.zeros(64, "<u2")),                       # const
+            ("i", "I32", [3], np.arange(3, dtype="<i4")),
+        ]
+    src = write_safetensors(root / "orig.safetensors", tensors)
     packed = root / "orig.fz.safetensors"
     floatzip.compress(src, packed, workers=1)
+    params = {name: t.params for name, t in FloatzipFile(packed).tensors.items()}
     # lane_symbols defaults shrink for tiny tensors; make sure tans is exercised
-    assert {t.params["codec"] for t in FloatzipFile(packed).tensors.values()} >= {"tans"}
+    assert params["w"]["codec"] == "tans"
+    if request.param == "format-2-features":
+        assert params["w"].get("sign_in_symbol") == 1 and params["c"]["dropped_bits"] == 16
+        assert params["z"]["codec"] == "const"
     return src.read_bytes(), packed.read_bytes()
 
 

@@ -51,7 +51,7 @@ def coarsen(histogram: np.ndarray, bits: int) -> np.ndarray:
 
 def magnitude_histogram(statistics: np.ndarray) -> np.ndarray:
     """The counts of backends' ``statistics`` without the sign."""
-    return statistics.reshape(-1, 2).sum(axis=1)
+    return statistics[0::2] + statistics[1::2]
 
 
 def signed_histogram(statistics: np.ndarray, bits: int) -> np.ndarray:
@@ -75,22 +75,58 @@ def exponent_bound_bits(statistics: np.ndarray, layout: FloatLayout, count: int)
     return entropy_of_counts(exponent) + count * (layout.width - layout.exponent_bits)
 
 
+def _halvings(histogram: np.ndarray, bits: int, low: int, signed: bool) -> dict[int, np.ndarray]:
+    """Histograms of the top ``b`` bits (with the sign beside them when
+    ``signed``) for b = bits down to low, each made from the one above it:
+    the encoder's candidates cost a few additions, not a pass each."""
+    out = {bits: histogram}
+    for b in range(bits - 1, max(low, 0) - 1, -1):
+        above = out[b + 1]
+        if signed:      # (top, sign) pairs: add the pairs of neighbouring tops
+            pairs = above.reshape(-1, 4)
+            out[b] = (pairs[:, :2] + pairs[:, 2:]).reshape(-1)
+        else:
+            out[b] = above[0::2] + above[1::2]
+    return out
+
+
 def _candidates(statistics: np.ndarray, layout: FloatLayout, dropped: int, version: int):
     """(sign_in_symbol, symbol_bits, symbol histogram) of each mapping the
-    encoder may pick, by sign mode and then growing symbol width."""
+    encoder may pick, by sign mode and then growing symbol width; lazily, so
+    that a caller that stops early computes no more."""
     top = histogram_bits(layout)
     coded = layout.width - dropped                  # bits a value keeps
-    magnitude = magnitude_histogram(statistics)
     first = min(layout.exponent_bits, top)
-    # Sign raw: the top S bits below the sign (the whole word once R = 0).
-    yield [(0, s, coarsen(magnitude, s) if s < coded else signed_histogram(statistics, s - 1))
-           for s in range(first, min(coded, tans.MAX_SYMBOL_BITS) + 1)
-           if s <= top or (s == coded and s - 1 <= top)]
-    if version >= 2:
-        # Sign in the symbol, beside the top S - 1 bits (R >= 1).
-        yield [(1, s, signed_histogram(statistics, s - 1))
-               for s in range(first + 1, min(coded - 1, tans.MAX_SYMBOL_BITS) + 1)
-               if s - 1 <= top]
+    signed = _halvings(statistics, top, first - 1, signed=True)
+    magnitude = _halvings(magnitude_histogram(statistics), top, first, signed=False)
+
+    def sign_raw():     # the top S bits below the sign (the whole word once R = 0)
+        for s in range(first, min(coded, tans.MAX_SYMBOL_BITS) + 1):
+            if s < coded and s <= top:
+                yield 0, s, magnitude[s]
+            elif s == coded and s - 1 <= top:
+                yield 0, s, signed[s - 1]
+
+    def sign_in_symbol():   # beside the top S - 1 bits (R >= 1)
+        for s in range(first + 1, min(coded - 1, tans.MAX_SYMBOL_BITS) + 1):
+            if s - 1 <= top:
+                yield 1, s, signed[s - 1]
+
+    yield sign_raw()
+    if version >= 2 and _sign_pays(statistics, signed[first]):
+        yield sign_in_symbol()
+
+
+def _sign_pays(statistics: np.ndarray, exponent_and_sign) -> bool:
+    """Whether coding the sign with the symbol can pay: the bits it saves are
+    at most n times the sign's mutual information with the top bits below
+    it, and a sign-in-symbol table holds about twice the symbols (2 bytes
+    each). Skipping the candidates when it cannot keeps the model's choice
+    cheap on the usual tensor, whose sign is independent of its size."""
+    joint = entropy_of_counts(statistics)
+    sign = entropy_of_counts(statistics.reshape(-1, 2).sum(axis=0))
+    information = sign + entropy_of_counts(magnitude_histogram(statistics)) - joint
+    return information > 16 * np.count_nonzero(exponent_and_sign)
 
 
 def choose_coding(statistics: np.ndarray, layout: FloatLayout, count: int, *,
