@@ -184,3 +184,23 @@ def test_format_version_is_checked_and_reaches_the_cli(tmp_path):
     assert fz.version == 1 and {t.params["codec"] for t in fz.tensors.values()} <= {"raw", "tans"}
     floatzip.decompress(tmp_path / "v1.fz", tmp_path / "back.safetensors")
     assert open(tmp_path / "back.safetensors", "rb").read() == open(src, "rb").read()
+
+
+def test_constant_tensors_of_every_whole_byte_dtype_are_one_element(tmp_path):
+    from conftest import write_safetensors
+    tensors = [("i64", "I64", [1000], np.full(1000, 7, "<i8")),
+               ("mask", "BOOL", [300], np.ones(300, np.uint8)),
+               ("f64", "F64", [10], np.full(10, -0.0, "<f8")),
+               ("nan", "F32", [50], np.full(50, 0x7FC00123, "<u4")),   # one NaN payload
+               ("one", "I32", [1], np.array([5], "<i4")),                # a single element: raw
+               ("mixed", "I16", [3], np.array([1, 1, 2], "<i2"))]
+    src = write_safetensors(tmp_path / "c.safetensors", tensors)
+    floatzip.compress(src, tmp_path / "c.fz")
+    fz = FloatzipFile(str(tmp_path / "c.fz"))
+    codecs = {name: t.params["codec"] for name, t in fz.tensors.items()}
+    assert codecs == {"i64": "const", "mask": "const", "f64": "const", "nan": "const",
+                      "one": "raw", "mixed": "raw"}
+    assert fz.tensors["i64"].blob_bytes == 8 and fz.version == 2
+    assert floatzip.verify(src, tmp_path / "c.fz").ok
+    with floatzip.safe_open(tmp_path / "c.fz", framework="np") as f:
+        assert f.get_slice("i64")[10:20].tolist() == [7] * 10

@@ -38,7 +38,7 @@ from .codecs.encoded import (
     checksum,
 )
 from .codecs.layout import LANES, CodedGeometry, pad8
-from .dtypes import FLOAT_LAYOUTS
+from .dtypes import FLOAT_LAYOUTS, ITEMSIZE
 from .errors import FormatError
 from .format import container
 from .format.safetensors_header import Header, build_header
@@ -132,7 +132,10 @@ def reserved_header_bytes(header: Header, lane_symbols: int, decided_early=None,
     for name, entry in header.tensors.items():
         layout = FLOAT_LAYOUTS.get(entry.dtype)
         bound = 8 * entry.nbytes if layout is not None else None
-        codec = CODEC_RAW if layout is None else decided_early(entry) if decided_early else None
+        if layout is None:      # stored raw, or const when every element is the same
+            codec = CODEC_CONST if _may_be_constant(entry, version) else CODEC_RAW
+        else:
+            codec = decided_early(entry) if decided_early else None
         if codec is not None:
             worst = container.tensor_params_of(codec, "0" * 16, entry.nbytes, bound)
         else:       # coded, constant or raw: const's and raw's parameters are shorter
@@ -188,7 +191,18 @@ class _TensorWriter:
         parameters and its blob's size."""
         layout = FLOAT_LAYOUTS.get(entry.dtype)
         if layout is None:
-            return self._write_raw(entry.nbytes, src_offset, dst_offset, None), entry.nbytes
+            if not _may_be_constant(entry, self._version):
+                return self._write_raw(entry.nbytes, src_offset, dst_offset, None), entry.nbytes
+            # Small enough to read whole: look for one repeated element first.
+            data = self._read(src_offset, entry.nbytes)
+            params = container.tensor_params_of(CODEC_RAW, f"{checksum(data):016x}",
+                                                entry.nbytes, None)
+            elements = data.view(f"u{ITEMSIZE[entry.dtype]}")
+            if np.all(elements == elements[0]):
+                return self._write_const(entry.nbytes, data[:elements.itemsize].copy(), params,
+                                         dst_offset)
+            return self._write_raw(entry.nbytes, src_offset, dst_offset, params,
+                                   in_window=True), entry.nbytes
         count = entry.nbytes // layout.storage.itemsize
         whole = entry.nbytes <= WINDOW_BYTES
         digest = xxhash.xxh3_64()
@@ -329,6 +343,16 @@ class _TensorWriter:
     def _changed(self) -> FormatError:
         return FormatError(f"{self._src}: changed while it was being compressed (its bytes "
                            "differ between two reads); compress it again once nothing writes it")
+
+
+def _may_be_constant(entry, version: int) -> bool:
+    """Whether a tensor of a dtype floatzip does not entropy-code is read
+    whole to see if it is constant (codec const): whole-byte elements of up
+    to 8 bytes, two or more of them, in one window (the larger ones are
+    copied as they come)."""
+    itemsize = ITEMSIZE.get(entry.dtype)
+    return (version >= 2 and itemsize in (1, 2, 4, 8) and entry.nbytes > itemsize
+            and entry.nbytes <= WINDOW_BYTES)
 
 
 def _is_constant(varying: int, count: int, version: int) -> bool:
