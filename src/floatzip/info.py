@@ -80,7 +80,10 @@ def print_info(path: str, *, per_tensor: bool = True) -> int:
     print(f"whole files: {t['file_orig']:,} -> {t['file']:,} bytes, "
           f"ratio {t['file_ratio']:.4f} (headers included)")
     if t["bound_ratio"] is not None:
-        print(f"order-0 bound (exponent at its entropy, other bits raw): ratio {t['bound_ratio']:.4f}")
+        # Format 1 encoders wrote the exponent's bound; format 2's encoder the
+        # bound of what it codes (docs/FORMAT.md section 3, bound_bits).
+        print(f"order-0 bound (symbols at their entropy, raw bits stored, no tables; other "
+              f"tensors as stored raw): ratio {t['bound_ratio']:.4f}")
     if os.path.isdir(path):
         print(f"other files (copied as they are): {t['other_files']}, {t['other']:,} bytes")
         print(f"whole directory: {t['file_orig'] + t['other']:,} -> "
