@@ -25,6 +25,12 @@ the local-memory (spill) instructions in each loop, and the threads an SM
 holds at that register count (H200: 65,536 registers, 2,048 threads): the
 more warps resident, the more of a step's latency they hide. GPU timings
 come only from benchmarks/gpu_check.py.
+
+A second table does the same for the decoder of the fast in-memory code
+(backends/triton/fast_kernel.py, docs/FAST_CODE.md), once per code width:
+the SASS instructions of its unmasked decode loop per decoded weight (a
+thread decodes several weights an iteration, counted from the bytes its
+stores write), against issue 15's budget of 16.
 """
 from __future__ import annotations
 
@@ -63,6 +69,30 @@ def store_width(loop: list[str]) -> int:
     raise ValueError("loop without a global store")
 
 
+def fast_code_rows(capability: int) -> list[str]:
+    """The fast-code decoder's table: one row per code width."""
+    from floatzip.backends.triton import fast_kernel
+    rows = ["", f"Fast-code decode kernel (docs/FAST_CODE.md), sm_{capability}, "
+            f"{fast_kernel.STEP_GROUPS} groups a step, {fast_kernel.NUM_WARPS} warps; budget "
+            f"{fast_kernel.SASS_BUDGET_PER_WEIGHT} SASS instructions a weight (issue 15)", "",
+            "| code bits | loop | SASS instr / iteration | weights a thread an iteration | "
+            "SASS instr / weight | registers | spill ops in loop | threads an SM | "
+            "issue-bound ceiling, H200 |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for bits in (2, 3, 4):
+        cubin = fast_kernel.compile_fast_decoder(capability, bits).asm["cubin"]
+        regs = int(re.search(r"REG:(\d+)", builds.resource_usage(cubin)).group(1))
+        loop = fast_kernel.decode_loop(builds.sass(cubin))
+        weights = fast_kernel.weights_per_iteration(loop)
+        per_weight = len(loop) / weights
+        spills = sum("LDL" in op or "STL" in op for op in loop)
+        ceiling = H200_ISSUE_PER_S * 32 * 2 / per_weight        # BF16 out, 2 bytes a weight
+        rows.append(f"| {bits} | unmasked | {len(loop)} | {weights} | {per_weight:.2f} | "
+                    f"{regs} | {spills} | {resident_threads(regs, fast_kernel.NUM_WARPS)} | "
+                    f"{ceiling / 1e12:.2f} TB/s |")
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -99,6 +129,7 @@ def main() -> None:
             lines.append(f"| {memory} | {prefetch} | {raw_ahead} | {staging} | {cap or '-'} | "
                          f"{nbytes} | {kind} | {per_step:.1f} | {regs} | {spills} | {threads} | "
                          f"{ceiling / 1e12:.2f} TB/s |")
+    lines += fast_code_rows(args.capability)
     table = "\n".join(lines)
     print(table)
     if args.out:

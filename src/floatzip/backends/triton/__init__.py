@@ -113,3 +113,8 @@ def _check_host_out(out, count: int, dtype: np.dtype) -> None:
         raise DecoderArgumentError(
             f"out= must be a writable contiguous {dtype} array of shape ({count},), got "
             f"{getattr(out, 'dtype', type(out).__name__)} {getattr(out, 'shape', '')}")
+
+# The fast in-memory code's GPU decoder (docs/FAST_CODE.md, "The GPU decoder").
+from .fast_host import DeviceFastTensor, decode_fast  # noqa: E402
+
+__all__ += ["DeviceFastTensor", "decode_fast"]
