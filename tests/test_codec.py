@@ -137,3 +137,62 @@ def test_property_random_tensors_roundtrip(dtype, n, seed, lane_symbols):
     noise = rng.integers(0, 1 << layout.width, n, dtype=np.uint64).astype(layout.storage)
     mix = np.where(rng.random(n) < 0.05, noise, values)
     roundtrip(mix, dtype, "numpy", lane_symbols=lane_symbols)
+
+
+# -- format 2's choices ------------------------------------------------------
+
+from floatzip.codecs.layout import lane_size_bits_for, pack_lane_sizes, unpack_lane_sizes  # noqa: E402
+
+
+@pytest.mark.parametrize("bits", [1, 5, 11, 12, 15, 16])
+def test_lane_sizes_pack_and_unpack(bits):
+    rng = np.random.default_rng(bits)
+    for lanes in (1, 7, 32, 1000):
+        sizes = rng.integers(0, 1 << bits, lanes).astype(np.uint16)
+        packed = pack_lane_sizes(sizes, bits)
+        assert packed.size == (lanes * bits + 7) // 8
+        assert np.array_equal(unpack_lane_sizes(packed, lanes, bits), sizes)
+
+
+def test_lane_size_bits_hold_the_longest_lane():
+    assert lane_size_bits_for(12, 1024) == 11 and lane_size_bits_for(12, 2048) == 12
+    assert lane_size_bits_for(12, 4096) == 13 and lane_size_bits_for(1, 1) == 1
+
+
+def _coded(values, dtype):
+    bits = np.ascontiguousarray(values).view(FLOAT_LAYOUTS[dtype].storage)
+    enc = encode_tensor(bits.view(np.uint8), dtype, bits.shape, backend="numba")
+    assert np.array_equal(decode_tensor(enc).view(bits.dtype), bits)
+    return enc
+
+
+def test_a_skewed_sign_is_coded_with_the_symbol():
+    # Stored raw, a sign costs a bit; coded with the exponent, what it says:
+    # here nothing (all positive) or little (90% positive).
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal(200_000).astype(np.float32) * 0.02
+    positive = bf16_bits(np.abs(x))
+    mostly = bf16_bits(np.where(rng.random(x.size) < 0.9, np.abs(x), -np.abs(x)))
+    fair = bf16_bits(x)
+    assert _coded(positive, "BF16").geometry.sign_in_symbol == 1
+    assert _coded(mostly, "BF16").geometry.sign_in_symbol == 1
+    assert _coded(fair, "BF16").geometry.sign_in_symbol == 0
+
+
+def test_the_whole_word_symbol_is_tried_past_the_minimum():
+    # Non-negative F8_E4M3 values with the lowest bit 0 (dropped): the next
+    # bit is random and the one above it a function of the top 4 bits. The
+    # cost rises from 4 to 5 symbol bits (one more random bit coded), then
+    # falls: the whole 7-bit word (no raw field) is the best, and must still
+    # be tried once the cost has risen.
+    from conftest import explicit_args
+    from floatzip.backends import select
+    rng = np.random.default_rng(3)
+    top = np.minimum(np.abs(rng.standard_normal(200_000) * 4).astype(np.int64), 15)
+    parity = np.array([bin(t).count("1") & 1 for t in range(16)])[top]
+    values = (((top << 2) | (rng.integers(0, 2, top.size) << 1) | parity) << 1).astype(np.uint8)
+    chosen = _coded(values, "F8_E4M3")
+    args, counts = explicit_args(values, "F8_E4M3", 7, 12, 2048, dropped_bits=1)
+    _, payload, raw = select("numba").encode(values, args, counts)
+    assert (chosen.geometry.symbol_bits, chosen.geometry.raw_bits) == (7, 0)
+    assert chosen.payload.size == payload.size

@@ -64,11 +64,11 @@ def test_written_files_carry_the_header_checksum():
 def test_encoder_reproduces_fixture_bytes(tmp_path, backend, version):
     # The encoder is deterministic and all back ends agree: compressing the
     # fixture's original again gives the committed file exactly; asked for
-    # format 1, today's encoder still writes floatzip 0.1's bytes.
+    # format 1 and 0.1's lane length, today's encoder writes floatzip 0.1's bytes.
     folder = V1 if version == 1 else V2
     out = tmp_path / "mixed.fz.safetensors"
     floatzip.compress(os.path.join(folder, "mixed.safetensors"), out, backend=backend, workers=2,
-                      format_version=version)
+                      format_version=version, lane_symbols=1024 if version == 1 else 2048)
     assert sha256(out) == sha256(os.path.join(folder, "mixed.fz.safetensors"))
 
 
@@ -204,3 +204,17 @@ def test_constant_tensors_of_every_whole_byte_dtype_are_one_element(tmp_path):
     assert floatzip.verify(src, tmp_path / "c.fz").ok
     with floatzip.safe_open(tmp_path / "c.fz", framework="np") as f:
         assert f.get_slice("i64")[10:20].tolist() == [7] * 10
+
+
+def test_info_bound_counts_unbounded_tensors_as_stored(tmp_path):
+    # An I64 buffer of zeros has no bound_bits; stored const (8 bytes), it
+    # must not count as 800 KB in the file's bound.
+    from conftest import bf16_bits, write_safetensors
+    from floatzip.info import summarize
+    rng = np.random.default_rng(0)
+    src = write_safetensors(tmp_path / "b.safetensors", [
+        ("w", "BF16", [100_000], bf16_bits(rng.standard_normal(100_000) * 0.02)),
+        ("mask", "I64", [100_000], np.zeros(100_000, "<i8"))])
+    floatzip.compress(src, tmp_path / "b.fz")
+    total = summarize(str(tmp_path / "b.fz"))
+    assert total["bound_ratio"] <= total["ratio"] < 0.2

@@ -158,9 +158,9 @@ def test_random_weights(device, dtype):
 
 
 def test_default_lane_symbols(device):
-    """The default geometry: 1024 symbols a lane, a second group of 5 lanes."""
+    """The default geometry: DEFAULT_LANE_SYMBOLS a lane, a second group of 5 lanes."""
     rng = np.random.default_rng(3)
-    enc = encode(weights(rng, 32 * 1024 + 5, "BF16"), "BF16")
+    enc = encode(weights(rng, 32 * model.DEFAULT_LANE_SYMBOLS + 5, "BF16"), "BF16")
     assert enc.geometry.lane_symbols == model.DEFAULT_LANE_SYMBOLS
     assert enc.geometry.groups == 2
     assert_decodes(enc, device)

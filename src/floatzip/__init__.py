@@ -12,7 +12,7 @@ Importing floatzip is cheap: numba, torch and triton load only when used.
 from .errors import CorruptDataError, FloatzipError, FormatError, OutputExistsError, UnsupportedError
 from .format.container import FORMAT_VERSION
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "compress", "decompress", "verify", "check", "safe_open", "load_model",

@@ -187,7 +187,7 @@ def cmd_demo(args) -> int:
 def cmd_run(args) -> int:
     from .torch.run import run_text
     return run_text(args.path, args.text, max_new_tokens=args.max_new_tokens,
-                    device=args.device, decode=args.decode)
+                    device=args.device, decode=args.decode, memory=args.memory)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -250,6 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=20)
     p.add_argument("--device", default="cpu")
     p.add_argument("--decode", choices=["on_the_fly", "at_load"], default="on_the_fly")
+    p.add_argument("--memory", choices=["compact", "fast"], default="compact",
+                   help="on the fly, keep weights in the file's code (compact, the default) or "
+                        "transcode BF16 weights at load into the fast in-memory code (CPU)")
     p.set_defaults(func=cmd_run)
     return parser
 

@@ -37,7 +37,7 @@ from .codecs.encoded import (
     check_lane_symbols,
     checksum,
 )
-from .codecs.layout import LANES, CodedGeometry, pad8
+from .codecs.layout import LANES, CodedGeometry, pack_lane_sizes, pad8
 from .dtypes import FLOAT_LAYOUTS, ITEMSIZE
 from .errors import FormatError
 from .format import container
@@ -145,7 +145,8 @@ def reserved_header_bytes(header: Header, lane_symbols: int, decided_early=None,
                                    lane_symbols=lane_symbols, payload_bytes=entry.nbytes,
                                    **({} if version < 2 else dict(
                                        sign_in_symbol=1, dropped_bits=layout.mantissa_bits,
-                                       dropped_value=(1 << layout.mantissa_bits) - 1)))
+                                       dropped_value=(1 << layout.mantissa_bits) - 1,
+                                       lane_size_bits=15)))
             worst = container.tensor_params_of(CODEC_TANS, "0" * 16, widest, bound)
         params[name] = worst
         entries.append((name, "U8", [entry.nbytes], 0))
@@ -317,7 +318,8 @@ class _TensorWriter:
         out = self._out_fd
         pwrite_all(out, np.asarray(choice.counts, dtype="<u2"),
                    dst_offset + sections["counts"][0])
-        pwrite_all(out, lane_sizes, dst_offset + sections["lane_sizes"][0])
+        pwrite_all(out, pack_lane_sizes(lane_sizes, geometry.lane_size_bits),
+                   dst_offset + sections["lane_sizes"][0])
         if spill:
             _copy_range(scratch.fileno(), 0, out, dst_offset + raw_at, raw_bytes, self._dst)
         else:       # written while the next tensor is read and coded

@@ -30,7 +30,7 @@ def summarize(path: str, per_tensor=None) -> dict:
     files, other = _files(path)
     if os.path.isdir(path) and not files:
         raise FormatError(f"{path}: holds no floatzip files")
-    total = dict(orig=0, blob=0, file_orig=0, file=0, bound=0.0, bound_orig=0,
+    total = dict(orig=0, blob=0, file_orig=0, file=0, bound=0.0, bound_orig=0, bound_blob=0,
                  other_files=len(other), other=sum(os.path.getsize(f) for f in other),
                  manifest=0)
     manifest = os.path.join(path, MANIFEST)
@@ -42,9 +42,10 @@ def summarize(path: str, per_tensor=None) -> dict:
             per_tensor(file, None, fz)
         for name, t in fz.tensors.items():
             tensor_bound = t.params.get(BOUND_FIELD)
-            if tensor_bound is not None:
-                total["bound"] += tensor_bound / 8
+            if tensor_bound is not None and t.codec.codec_id != "const":
+                total["bound"] += min(tensor_bound / 8, t.source.nbytes)
                 total["bound_orig"] += t.source.nbytes
+                total["bound_blob"] += t.blob_bytes
             total["orig"] += t.source.nbytes
             total["blob"] += t.blob_bytes
             if per_tensor:
@@ -53,8 +54,11 @@ def summarize(path: str, per_tensor=None) -> dict:
         total["file_orig"] += fz.source.data_start + fz.source.data_bytes
     total["ratio"] = total["blob"] / max(total["orig"], 1)
     total["file_ratio"] = total["file"] / max(total["file_orig"], 1)
-    total["bound_ratio"] = ((total["bound"] + total["orig"] - total["bound_orig"]) / max(total["orig"], 1)
-                            if total["bound_orig"] else None)
+    # Tensors without a bound (integers, const, raw scalars) count at what
+    # they store: no coder of the bound's model would store them larger.
+    unbounded_blob = total["blob"] - total["bound_blob"]
+    total["bound_ratio"] = ((min(total["bound"], total["bound_blob"]) + unbounded_blob)
+                            / max(total["orig"], 1) if total["bound_orig"] else None)
     return total
 
 
@@ -82,8 +86,9 @@ def print_info(path: str, *, per_tensor: bool = True) -> int:
     if t["bound_ratio"] is not None:
         # Format 1 encoders wrote the exponent's bound; format 2's encoder the
         # bound of what it codes (docs/FORMAT.md section 3, bound_bits).
-        print(f"order-0 bound (symbols at their entropy, raw bits stored, no tables; other "
-              f"tensors as stored raw): ratio {t['bound_ratio']:.4f}")
+        print(f"order-0 bound as the encoder recorded it (floatzip 0.2: symbols at their "
+              f"entropy, raw bits stored, no tables; 0.1: the exponent's alone; tensors "
+              f"without one as stored): ratio {t['bound_ratio']:.4f}")
     if os.path.isdir(path):
         print(f"other files (copied as they are): {t['other_files']}, {t['other']:,} bytes")
         print(f"whole directory: {t['file_orig'] + t['other']:,} -> "

@@ -13,6 +13,8 @@ from .format import container
 from .format.safetensors_header import read_header
 
 MANIFEST = "floatzip.json"
+# The manifest's own version (docs/FORMAT.md section 8): unchanged by format 2.
+MANIFEST_VERSION = 1
 
 # Version-control data is no part of a model: never copied nor compared (a
 # clone of a Hugging Face repository holds every LFS object twice, once in
@@ -151,7 +153,7 @@ def write_manifest(directory: str, coded: dict, copied: dict | None = None, *,
                    fsync: bool = True) -> int:
     """Write ``floatzip.json`` into ``directory`` (fsynced unless ``fsync``
     is False); returns its size."""
-    doc = {"format": "floatzip", "version": container.FORMAT_VERSION, "files": coded}
+    doc = {"format": "floatzip", "version": MANIFEST_VERSION, "files": coded}
     if copied is not None:
         doc["copied"] = copied
     data = json.dumps(doc, indent=2, sort_keys=True).encode("utf-8")

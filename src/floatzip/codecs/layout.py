@@ -44,6 +44,16 @@ class CodedGeometry:
     sign_in_symbol: int = 0     # 1: the sign is the symbol's lowest bit, not the raw field's
     dropped_bits: int = 0       # low mantissa bits not stored ...
     dropped_value: int = 0      # ... because every value holds these in them
+    lane_size_bits: int = 16    # bits of each stored lane size (format 1: u16)
+
+    @property
+    def longest_lane(self) -> int:
+        """The most bytes a lane of lane_symbols symbols can take."""
+        return (self.table_log * (self.lane_symbols + 1) + 7) // 8
+
+    @property
+    def lane_sizes_bytes(self) -> int:
+        return (self.lanes * self.lane_size_bits + 7) // 8
 
     @property
     def coded_bits(self) -> int:
@@ -73,7 +83,7 @@ class CodedGeometry:
         offset = 0
         for name, length in (
             ("counts", 2 * self.table_symbols),
-            ("lane_sizes", 2 * self.lanes),
+            ("lane_sizes", self.lane_sizes_bytes),
             ("payload", self.payload_bytes),
             ("raw", self.raw_bytes),
         ):
@@ -96,6 +106,34 @@ class CodedGeometry:
         """The fields of the value -> (symbol, raw) mapping format 2 adds."""
         return dict(sign_in_symbol=self.sign_in_symbol, dropped_bits=self.dropped_bits,
                     dropped_value=self.dropped_value)
+
+
+def lane_size_bits_for(table_log: int, lane_symbols: int) -> int:
+    """The fewest bits that hold any lane's size: what format 2 writers
+    store each lane size in (11 for 1024 symbols and a 4096-entry table)."""
+    return ((table_log * (lane_symbols + 1) + 7) // 8).bit_length()
+
+
+def pack_lane_sizes(sizes: np.ndarray, bits: int) -> np.ndarray:
+    """Lane sizes as ``bits``-bit fields, lane 0 first, LSB-first (uint8)."""
+    sizes = np.asarray(sizes, dtype=np.uint16)
+    if bits == 16:
+        return sizes.astype("<u2").view(np.uint8)
+    planes = ((sizes[:, None] >> np.arange(bits, dtype=np.uint16)) & 1).astype(np.uint8)
+    return np.packbits(planes.reshape(-1), bitorder="little")
+
+
+def unpack_lane_sizes(data: np.ndarray, lanes: int, bits: int) -> np.ndarray:
+    """Inverse of :func:`pack_lane_sizes` (uint16[lanes])."""
+    data = np.asarray(data, dtype=np.uint8)
+    if bits == 16:
+        return data.view("<u2").astype(np.uint16)
+    # A field of <= 15 bits at bit offset <= 7 lies in the 3 bytes from its first.
+    padded = np.concatenate((data, np.zeros(3, np.uint8))).astype(np.uint32)
+    position = np.arange(lanes, dtype=np.int64) * bits
+    byte = position >> 3
+    window = padded[byte] | (padded[byte + 1] << 8) | (padded[byte + 2] << 16)
+    return ((window >> (position & 7).astype(np.uint32)) & ((1 << bits) - 1)).astype(np.uint16)
 
 
 def lane_symbol_counts(count: int, lane_symbols: int) -> np.ndarray:

@@ -12,16 +12,20 @@ import numpy as np
 from ..dtypes import FloatLayout
 from ..stats import entropy_of_counts
 from . import tans
-from .layout import LANES, CodedGeometry
+from .layout import LANES, CodedGeometry, lane_size_bits_for
 
 DEFAULT_TABLE_LOG = 12
-DEFAULT_LANE_SYMBOLS = 1024
+# Symbols per lane. Each lane costs ~27 bits (its size, its initial state,
+# byte padding): 0.013 bit a weight at 2048, 0.026 at 1024. The file is coded
+# for size; fewer symbols a lane give a GPU decoding the file's code directly
+# more lanes at once (`--lane-symbols`, README).
+DEFAULT_LANE_SYMBOLS = 2048
 # Extra mantissa bits that may join the exponent in the symbol. The density of
 # trained weights falls across each power-of-two interval, so the top mantissa
 # bits are skewed and coding them with the exponent saves ~0.05 bit/weight.
 MAX_EXTRA_MANTISSA_BITS = 4
-# Estimated cost of each lane: its u16 size, its initial state, byte padding.
-LANE_OVERHEAD_BITS = 16 + 12 + 4
+# Estimated cost of each lane besides its size field: its initial state, byte padding.
+LANE_OVERHEAD_BITS = 12 + 4
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,7 @@ class CodingChoice:
     sign_in_symbol: int = 0     # format 2 (codecs/words.py)
     dropped_bits: int = 0
     dropped_value: int = 0
+    lane_size_bits: int = 16    # format 2: the fewest that hold any lane's size
 
 
 def histogram_bits(layout: FloatLayout) -> int:
@@ -118,15 +123,35 @@ def _candidates(statistics: np.ndarray, layout: FloatLayout, dropped: int, versi
 
 
 def _sign_pays(statistics: np.ndarray, exponent_and_sign) -> bool:
-    """Whether coding the sign with the symbol can pay: the bits it saves are
-    at most n times the sign's mutual information with the top bits below
-    it, and a sign-in-symbol table holds about twice the symbols (2 bytes
-    each). Skipping the candidates when it cannot keeps the model's choice
-    cheap on the usual tensor, whose sign is independent of its size."""
-    joint = entropy_of_counts(statistics)
-    sign = entropy_of_counts(statistics.reshape(-1, 2).sum(axis=0))
-    information = sign + entropy_of_counts(magnitude_histogram(statistics)) - joint
-    return information > 16 * np.count_nonzero(exponent_and_sign)
+    """Whether coding the sign with the symbol can pay: stored raw it costs
+    a bit a value, coded with the top bits below it H(sign | top bits) at
+    best (less when the sign is skewed or follows the size), and a
+    sign-in-symbol table holds about twice the symbols (2 bytes each).
+    Skipping the candidates when it cannot keeps the model's choice cheap on
+    the usual tensor, whose sign is a fair coin independent of its size."""
+    count = int(statistics.sum())
+    conditional = (entropy_of_counts(statistics)
+                   - entropy_of_counts(magnitude_histogram(statistics)))
+    return count - conditional > 16 * np.count_nonzero(exponent_and_sign)
+
+
+class _past_the_minimum:
+    """The candidates, of which the caller may skip all but the whole-word
+    one (R = 0: no raw field, whose cost does not follow the curve of the
+    others) by calling close()."""
+
+    def __init__(self, candidates, layout: FloatLayout, dropped: int):
+        self._items = list(candidates)
+        self._coded = layout.width - dropped
+        self._skip = False
+
+    def __iter__(self):
+        for item in self._items:
+            if not self._skip or item[1] == self._coded:
+                yield item
+
+    def close(self) -> None:
+        self._skip = True
 
 
 def choose_coding(statistics: np.ndarray, layout: FloatLayout, count: int, *,
@@ -147,7 +172,8 @@ def choose_coding(statistics: np.ndarray, layout: FloatLayout, count: int, *,
     best = None
     for candidates in _candidates(statistics, layout, dropped, version):
         previous = None
-        for sign_in_symbol, symbol_bits, hist in candidates:
+        ordered = _past_the_minimum(candidates, layout, dropped)
+        for sign_in_symbol, symbol_bits, hist in ordered:
             used = np.flatnonzero(hist)
             first, last = int(used[0]), int(used[-1])
             hist = hist[first:last + 1]
@@ -155,15 +181,18 @@ def choose_coding(statistics: np.ndarray, layout: FloatLayout, count: int, *,
             if log > tans.MAX_TABLE_LOG:
                 continue
             counts = tans.normalize_counts(hist, log)
-            payload_bits = tans.coded_bits(hist, counts, log) + groups * LANES * LANE_OVERHEAD_BITS
+            size_bits = lane_size_bits_for(log, lane_symbols) if version >= 2 else 16
+            payload_bits = (tans.coded_bits(hist, counts, log)
+                            + groups * LANES * (LANE_OVERHEAD_BITS + size_bits))
             raw_bits = layout.width - dropped - symbol_bits
             total = int((payload_bits + n * raw_bits) / 8 + 2 * len(hist))
-            if previous is not None and total >= previous:
-                break   # the cost falls, then rises, with the symbol width: past the minimum
+            if previous is not None and total >= previous and raw_bits > 0:
+                ordered.close()     # past the minimum (the cost falls, then rises, with the
+                continue            # symbol width): only the whole-word symbol is left to try
             previous = total
             if best is None or total < best.estimated_bytes:
                 best = CodingChoice(symbol_bits, log, first, counts, lane_symbols, total,
-                                    sign_in_symbol, dropped, dropped_value)
+                                    sign_in_symbol, dropped, dropped_value, size_bits)
     if best is None or best.estimated_bytes >= n * layout.width // 8:
         return None
     return best
@@ -192,4 +221,5 @@ def geometry_for(choice: CodingChoice, layout: FloatLayout, count: int,
                          table_log=choice.table_log, first_symbol=choice.first_symbol,
                          table_symbols=len(choice.counts), lane_symbols=choice.lane_symbols,
                          payload_bytes=payload_bytes, sign_in_symbol=choice.sign_in_symbol,
-                         dropped_bits=choice.dropped_bits, dropped_value=choice.dropped_value)
+                         dropped_bits=choice.dropped_bits, dropped_value=choice.dropped_value,
+                         lane_size_bits=choice.lane_size_bits)

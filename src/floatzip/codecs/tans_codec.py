@@ -13,33 +13,35 @@ from ..dtypes import FLOAT_LAYOUTS
 from ..errors import FormatError
 from . import tans
 from .base import Codec, Opened
-from .layout import LANES, MAX_LANE_SYMBOLS, CodedGeometry, pad8
+from .layout import LANES, MAX_LANE_SYMBOLS, CodedGeometry, pad8, unpack_lane_sizes
 from .registry import register
 
 FIELDS = ("symbol_bits", "table_log", "first_symbol", "table_symbols", "lane_symbols",
           "payload_bytes")
 # Format 2's fields, each optional (absent: 0, format 1's mapping; a writer
-# leaves a 0 out). Format 1 files MUST NOT hold them.
+# leaves a 0 out), and the width of a stored lane size (absent: 16). Format 1
+# files MUST NOT hold them.
 MAPPING_FIELDS = ("sign_in_symbol", "dropped_bits", "dropped_value")
+FORMAT_2_FIELDS = MAPPING_FIELDS + ("lane_size_bits",)
 
 
 @dataclasses.dataclass(frozen=True)
 class TansParts:
     counts: np.ndarray          # <u2[table_symbols]
-    lane_sizes: np.ndarray      # <u2[lanes] (2 bytes a lane: the one part kept whole)
+    lane_sizes: np.ndarray      # uint16[lanes], unpacked (2 bytes a lane: the one part kept whole)
 
 
 class TansCodec(Codec):
     codec_id = "tans"
 
     def format_version(self, fields: dict) -> int:
-        return 2 if any(key in fields for key in MAPPING_FIELDS) else 1
+        return 2 if any(key in fields for key in FORMAT_2_FIELDS) else 1
 
     def parse(self, fields, dtype, shape, nbytes, blob_bytes, bad) -> CodedGeometry:
-        if not set(FIELDS) <= set(fields) <= set(FIELDS + MAPPING_FIELDS):
+        if not set(FIELDS) <= set(fields) <= set(FIELDS + FORMAT_2_FIELDS):
             names = ["codec", *FIELDS, "xxh3"]
             raise bad(f"codec tans needs exactly the fields {names} (and, in format 2, any "
-                      f"of {list(MAPPING_FIELDS)}), found {sorted([*fields, 'codec', 'xxh3'])}")
+                      f"of {list(FORMAT_2_FIELDS)}), found {sorted([*fields, 'codec', 'xxh3'])}")
         for key in fields:
             if type(fields[key]) is not int:
                 raise bad(f"'{key}' must be an integer, found {fields[key]!r}")
@@ -54,6 +56,9 @@ class TansCodec(Codec):
             raise bad(f"'dropped_value' = {mapping['dropped_value']} does not fit in its "
                       f"{dropped} dropped bits")
         coded = layout.width - dropped
+        if not 1 <= fields["symbol_bits"] <= tans.MAX_SYMBOL_BITS:     # before 1 << symbol_bits
+            raise bad(f"'symbol_bits' = {fields['symbol_bits']} is outside "
+                      f"[1, {min(coded - mapping['sign_in_symbol'], tans.MAX_SYMBOL_BITS)}]")
         limits = {
             "sign_in_symbol": (0, 1),
             "symbol_bits": (1, min(coded - mapping["sign_in_symbol"], tans.MAX_SYMBOL_BITS)),
@@ -73,7 +78,12 @@ class TansCodec(Codec):
                       f"{fields['symbol_bits']} bits")
         count = int(np.prod(shape, dtype=object)) if shape else 1
         g = CodedGeometry(count=count, width=layout.width,
-                          **{key: fields[key] for key in FIELDS}, **mapping)
+                          **{key: fields[key] for key in FIELDS}, **mapping,
+                          lane_size_bits=fields.get("lane_size_bits", 16))
+        least = g.longest_lane.bit_length()
+        if not least <= g.lane_size_bits <= 16:
+            raise bad(f"'lane_size_bits' = {g.lane_size_bits} is outside [{least}, 16] (a lane "
+                      f"of {g.lane_symbols} symbols takes up to {g.longest_lane} bytes)")
         longest = g.lanes * ((g.table_log * (g.lane_symbols + 1) + 7) // 8)
         if g.payload_bytes > longest:
             raise bad(f"payload_bytes {g.payload_bytes} exceeds the most {longest} that "
@@ -85,6 +95,8 @@ class TansCodec(Codec):
     def params(self, g: CodedGeometry) -> dict:
         params = {key: getattr(g, key) for key in FIELDS}
         params.update((key, value) for key, value in g.mapping().items() if value)
+        if g.lane_size_bits != 16:
+            params["lane_size_bits"] = g.lane_size_bits
         return params
 
     def open(self, g: CodedGeometry, read, where: str) -> Opened:
@@ -98,12 +110,16 @@ class TansCodec(Codec):
         if total != 1 << g.table_log:
             raise FormatError(f"{where}: symbol counts add up to {total}, expected "
                               f"2^{g.table_log} = {1 << g.table_log}")
-        lane_sizes = read(*sec["lane_sizes"]).view("<u2")
+        packed = read(*sec["lane_sizes"])
+        spare = (-g.lanes * g.lane_size_bits) % 8
+        if spare and packed.size and int(packed[-1]) >> (8 - spare):
+            raise FormatError(f"{where}: non-zero unused bits at the end of the lane sizes")
+        lane_sizes = unpack_lane_sizes(packed, g.lanes, g.lane_size_bits)
         total = int(lane_sizes.sum(dtype=np.int64))
         if total != g.payload_bytes:
             raise FormatError(f"{where}: lane sizes add up to {total} bytes but payload_bytes "
                               f"is {g.payload_bytes}")
-        longest = (g.table_log * (g.lane_symbols + 1) + 7) // 8
+        longest = g.longest_lane
         if lane_sizes.size and int(lane_sizes.max()) > longest:
             lane = int(np.argmax(lane_sizes))
             raise FormatError(f"{where}: lane {lane} claims {int(lane_sizes[lane])} bytes; a "

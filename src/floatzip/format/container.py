@@ -22,7 +22,7 @@ import numpy as np
 from ..codecs import const_codec, registry
 from ..codecs.base import Codec, Opened
 from ..codecs.encoded import CODEC_CONST, CODEC_RAW, CODEC_TANS, EncodedTensor, checksum
-from ..codecs.layout import CodedGeometry, pad8
+from ..codecs.layout import CodedGeometry, pack_lane_sizes, pad8
 from ..errors import CorruptDataError, FormatError, UnsupportedError
 from ..io_utils import atomic_output, error_about, pread_exact
 from .safetensors_header import (
@@ -75,7 +75,8 @@ def blob_parts(enc: EncodedTensor) -> list[np.ndarray]:
     if enc.codec == CODEC_RAW:
         return [np.asarray(enc.raw, dtype=np.uint8)]
     parts = []
-    for section in (enc.counts.astype("<u2"), enc.lane_sizes.astype("<u2"), enc.payload, enc.raw):
+    lane_sizes = pack_lane_sizes(enc.lane_sizes, enc.geometry.lane_size_bits)
+    for section in (enc.counts.astype("<u2"), lane_sizes, enc.payload, enc.raw):
         data = np.ascontiguousarray(section).view(np.uint8).reshape(-1)
         parts.append(data)
         parts.append(np.zeros(pad8(data.size) - data.size, dtype=np.uint8))

@@ -30,10 +30,10 @@ def _tokenizer(path: str):
 
 
 def run_text(path, text: str, max_new_tokens: int = 20, device="cpu",
-             decode: str = "on_the_fly") -> int:
+             decode: str = "on_the_fly", memory: str = "compact") -> int:
     path = str(path)
     t0 = time.perf_counter()
-    model = load_model(path, device=device, decode=decode)
+    model = load_model(path, device=device, decode=decode, memory=memory)
     load_s = time.perf_counter() - t0
     tokenizer = _tokenizer(path)
     inputs = tokenizer(text, return_tensors="pt").to(model.device)
