@@ -196,3 +196,8 @@ def test_the_whole_word_symbol_is_tried_past_the_minimum():
     _, payload, raw = select("numba").encode(values, args, counts)
     assert (chosen.geometry.symbol_bits, chosen.geometry.raw_bits) == (7, 0)
     assert chosen.payload.size == payload.size
+
+
+def test_a_lane_size_that_does_not_fit_is_refused_not_masked():
+    with pytest.raises(ValueError, match="5000 bytes does not fit in 12 bits"):
+        pack_lane_sizes(np.array([5000, 3], np.uint16), 12)

@@ -397,7 +397,7 @@ def encode_tensor(data: np.ndarray, dtype: str, shape, *, backend=None, workers:
     An EncodedTensor is raw or tans (a constant tensor comes back tans-coded:
     codec const exists only in files); ``version`` as in encode_file.
     ``lane_symbols`` is the symbols per lane (format field K): fewer give a
-    GPU more lanes to decode in parallel, for 4 bytes more per lane."""
+    GPU more lanes to decode in parallel, for ~28 bits more per lane."""
     check_lane_symbols(lane_symbols)
     raw_bytes = np.ascontiguousarray(data).reshape(-1).view(np.uint8)
     shape = tuple(int(d) for d in shape)

@@ -115,8 +115,11 @@ def lane_size_bits_for(table_log: int, lane_symbols: int) -> int:
 
 
 def pack_lane_sizes(sizes: np.ndarray, bits: int) -> np.ndarray:
-    """Lane sizes as ``bits``-bit fields, lane 0 first, LSB-first (uint8)."""
+    """Lane sizes as ``bits``-bit fields, lane 0 first, LSB-first (uint8).
+    A size that does not fit is a bug of the caller's, never masked."""
     sizes = np.asarray(sizes, dtype=np.uint16)
+    if sizes.size and int(sizes.max()) >> bits:
+        raise ValueError(f"a lane size of {int(sizes.max())} bytes does not fit in {bits} bits")
     if bits == 16:
         return sizes.astype("<u2").view(np.uint8)
     planes = ((sizes[:, None] >> np.arange(bits, dtype=np.uint16)) & 1).astype(np.uint8)

@@ -15,8 +15,8 @@ from . import tans
 from .layout import LANES, CodedGeometry, lane_size_bits_for
 
 DEFAULT_TABLE_LOG = 12
-# Symbols per lane. Each lane costs ~27 bits (its size, its initial state,
-# byte padding): 0.013 bit a weight at 2048, 0.026 at 1024. The file is coded
+# Symbols per lane. Each lane costs ~28 bits (its size, its initial state,
+# byte padding): 0.014 bit a weight at 2048, 0.027 at 1024. The file is coded
 # for size; fewer symbols a lane give a GPU decoding the file's code directly
 # more lanes at once (`--lane-symbols`, README).
 DEFAULT_LANE_SYMBOLS = 2048
@@ -97,8 +97,8 @@ def _halvings(histogram: np.ndarray, bits: int, low: int, signed: bool) -> dict[
 
 def _candidates(statistics: np.ndarray, layout: FloatLayout, dropped: int, version: int):
     """(sign_in_symbol, symbol_bits, symbol histogram) of each mapping the
-    encoder may pick, by sign mode and then growing symbol width; lazily, so
-    that a caller that stops early computes no more."""
+    encoder may pick, by sign mode and then growing symbol width (each
+    histogram made from the one above it, a few additions)."""
     top = histogram_bits(layout)
     coded = layout.width - dropped                  # bits a value keeps
     first = min(layout.exponent_bits, top)
