@@ -8,12 +8,11 @@ import os
 
 import numpy as np
 import pytest
-from conftest import FIXTURES
+from conftest import FIXTURES, explicit_args
 
 import floatzip
 from floatzip import backends
 from floatzip.backends import numpy_ref
-from floatzip.codecs import tans, words
 from floatzip.codecs.encoded import CODEC_TANS, EncodedTensor, checksum
 from floatzip.codecs.layout import CodedGeometry
 from floatzip.encode import encode_tensor
@@ -103,18 +102,12 @@ MAPPED = [
 def forced_encoding(dtype, bits, lane_symbols, symbol_bits, sign_in_symbol, dropped_bits,
                     dropped_value) -> EncodedTensor:
     """``bits`` coded by the reference with exactly this mapping."""
-    layout = FLOAT_LAYOUTS[dtype]
-    g = CodedGeometry(count=bits.size, width=layout.width, symbol_bits=symbol_bits,
-                      table_log=12, first_symbol=0, table_symbols=1 << symbol_bits,
-                      lane_symbols=lane_symbols, payload_bytes=0, sign_in_symbol=sign_in_symbol,
-                      dropped_bits=dropped_bits, dropped_value=dropped_value)
-    symbols, _ = words.split(bits, g)
-    hist = np.bincount(symbols, minlength=1 << symbol_bits)
-    first, last = int(np.flatnonzero(hist)[0]), int(np.flatnonzero(hist)[-1])
-    counts = tans.normalize_counts(hist[first:last + 1], 12)
-    g = CodedGeometry(**{**g.__dict__, "first_symbol": first, "table_symbols": last - first + 1})
-    lane_sizes, payload, raw = numpy_ref.encode(bits, g.encode_args(), counts)
-    g = CodedGeometry(**{**g.__dict__, "payload_bytes": int(payload.size)})
+    args, counts = explicit_args(bits, dtype, symbol_bits, 12, lane_symbols,
+                                 sign_in_symbol=sign_in_symbol, dropped_bits=dropped_bits,
+                                 dropped_value=dropped_value)
+    lane_sizes, payload, raw = numpy_ref.encode(bits, args, counts)
+    g = CodedGeometry(count=bits.size, table_symbols=counts.size,
+                      payload_bytes=int(payload.size), **args)
     return EncodedTensor(dtype, bits.shape, CODEC_TANS, checksum(bits), g, counts, lane_sizes,
                          payload, raw)
 

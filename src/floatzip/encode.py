@@ -244,8 +244,9 @@ class _TensorWriter:
         same read that the checksum and the statistics saw)."""
         pwrite_all(self._out_fd, element, dst_offset)
         self._progress.advance(nbytes)
-        return {"codec": CODEC_CONST, **{k: v for k, v in raw_params.items() if k != "codec"}}, \
-            element.size
+        params = container.tensor_params_of(CODEC_CONST, raw_params["xxh3"], None,
+                                            raw_params.get(container.BOUND_FIELD))
+        return params, element.size
 
     def _write_raw(self, nbytes: int, src_offset: int, dst_offset: int, params: dict | None,
                    in_window: bool = False) -> dict:

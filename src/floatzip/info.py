@@ -7,6 +7,7 @@ import os
 
 from .model_dir import MANIFEST, is_floatzip, walk
 from .errors import FormatError
+from .codecs.encoded import CODEC_CONST
 from .format.container import BOUND_FIELD, FloatzipFile
 
 
@@ -42,7 +43,7 @@ def summarize(path: str, per_tensor=None) -> dict:
             per_tensor(file, None, fz)
         for name, t in fz.tensors.items():
             tensor_bound = t.params.get(BOUND_FIELD)
-            if tensor_bound is not None and t.codec.codec_id != "const":
+            if tensor_bound is not None and t.codec.codec_id != CODEC_CONST:
                 total["bound"] += min(tensor_bound / 8, t.source.nbytes)
                 total["bound_orig"] += t.source.nbytes
                 total["bound_blob"] += t.blob_bytes

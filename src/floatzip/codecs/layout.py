@@ -48,8 +48,7 @@ class CodedGeometry:
 
     @property
     def longest_lane(self) -> int:
-        """The most bytes a lane of lane_symbols symbols can take."""
-        return (self.table_log * (self.lane_symbols + 1) + 7) // 8
+        return longest_lane(self.table_log, self.lane_symbols)
 
     @property
     def lane_sizes_bytes(self) -> int:
@@ -108,10 +107,16 @@ class CodedGeometry:
                     dropped_value=self.dropped_value)
 
 
+def longest_lane(table_log: int, lane_symbols: int) -> int:
+    """The most bytes a lane of ``lane_symbols`` symbols can take: its
+    initial state and at most ``table_log`` bits a symbol."""
+    return (table_log * (lane_symbols + 1) + 7) // 8
+
+
 def lane_size_bits_for(table_log: int, lane_symbols: int) -> int:
     """The fewest bits that hold any lane's size: what format 2 writers
     store each lane size in (11 for 1024 symbols and a 4096-entry table)."""
-    return ((table_log * (lane_symbols + 1) + 7) // 8).bit_length()
+    return longest_lane(table_log, lane_symbols).bit_length()
 
 
 def pack_lane_sizes(sizes: np.ndarray, bits: int) -> np.ndarray:

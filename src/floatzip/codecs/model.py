@@ -59,11 +59,6 @@ def magnitude_histogram(statistics: np.ndarray) -> np.ndarray:
     return statistics[0::2] + statistics[1::2]
 
 
-def signed_histogram(statistics: np.ndarray, bits: int) -> np.ndarray:
-    """Counts of (top ``bits`` bits below the sign) << 1 | sign."""
-    return statistics.reshape(1 << bits, -1, 2).sum(axis=1).reshape(-1)
-
-
 def dropped_bits(varying: int, layout: FloatLayout) -> int:
     """How many low mantissa bits hold the same value in every value:
     format 2 leaves them out (a tensor cast up from a narrower type, say)."""
@@ -135,25 +130,6 @@ def _sign_pays(statistics: np.ndarray, exponent_and_sign) -> bool:
     return count - conditional > 16 * np.count_nonzero(exponent_and_sign)
 
 
-class _past_the_minimum:
-    """The candidates, of which the caller may skip all but the whole-word
-    one (R = 0: no raw field, whose cost does not follow the curve of the
-    others) by calling close()."""
-
-    def __init__(self, candidates, layout: FloatLayout, dropped: int):
-        self._items = list(candidates)
-        self._coded = layout.width - dropped
-        self._skip = False
-
-    def __iter__(self):
-        for item in self._items:
-            if not self._skip or item[1] == self._coded:
-                yield item
-
-    def close(self) -> None:
-        self._skip = True
-
-
 def choose_coding(statistics: np.ndarray, layout: FloatLayout, count: int, *,
                   varying: int = -1, first_value: int = 0, version: int = 2,
                   table_log: int = DEFAULT_TABLE_LOG,
@@ -171,9 +147,13 @@ def choose_coding(statistics: np.ndarray, layout: FloatLayout, count: int, *,
     groups = -(-n // (LANES * lane_symbols))
     best = None
     for candidates in _candidates(statistics, layout, dropped, version):
-        previous = None
-        ordered = _past_the_minimum(candidates, layout, dropped)
-        for sign_in_symbol, symbol_bits, hist in ordered:
+        previous, past_minimum = None, False
+        for sign_in_symbol, symbol_bits, hist in candidates:
+            raw_bits = layout.width - dropped - symbol_bits
+            if past_minimum and raw_bits:
+                # The cost falls, then rises, with the symbol width; the
+                # whole-word symbol (no raw field) does not follow that curve.
+                continue
             used = np.flatnonzero(hist)
             first, last = int(used[0]), int(used[-1])
             hist = hist[first:last + 1]
@@ -184,11 +164,10 @@ def choose_coding(statistics: np.ndarray, layout: FloatLayout, count: int, *,
             size_bits = lane_size_bits_for(log, lane_symbols) if version >= 2 else 16
             payload_bits = (tans.coded_bits(hist, counts, log)
                             + groups * LANES * (LANE_OVERHEAD_BITS + size_bits))
-            raw_bits = layout.width - dropped - symbol_bits
             total = int((payload_bits + n * raw_bits) / 8 + 2 * len(hist))
-            if previous is not None and total >= previous and raw_bits > 0:
-                ordered.close()     # past the minimum (the cost falls, then rises, with the
-                continue            # symbol width): only the whole-word symbol is left to try
+            if previous is not None and total >= previous and raw_bits:
+                past_minimum = True
+                continue
             previous = total
             if best is None or total < best.estimated_bytes:
                 best = CodingChoice(symbol_bits, log, first, counts, lane_symbols, total,

@@ -84,7 +84,7 @@ class TansCodec(Codec):
         if not least <= g.lane_size_bits <= 16:
             raise bad(f"'lane_size_bits' = {g.lane_size_bits} is outside [{least}, 16] (a lane "
                       f"of {g.lane_symbols} symbols takes up to {g.longest_lane} bytes)")
-        longest = g.lanes * ((g.table_log * (g.lane_symbols + 1) + 7) // 8)
+        longest = g.lanes * g.longest_lane
         if g.payload_bytes > longest:
             raise bad(f"payload_bytes {g.payload_bytes} exceeds the most {longest} that "
                       f"{g.lanes} lanes can hold")

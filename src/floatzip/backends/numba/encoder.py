@@ -14,7 +14,7 @@ import numba
 import numpy as np
 
 from ...codecs import tans
-from ...codecs.layout import LANES, MAX_LANE_SYMBOLS
+from ...codecs.layout import LANES, MAX_LANE_SYMBOLS, longest_lane
 from ...io_utils import resolve_workers
 from .dispatch import call_kernel
 from .intrinsics import encode_steps, store_u32, store_u64
@@ -278,7 +278,7 @@ def encode(bits: np.ndarray, geometry_args: dict, counts: np.ndarray, workers: i
     groups = -(-n // group)
     lane_sizes = np.zeros(groups * LANES, dtype=np.uint16)
     raw = np.empty((n * raw_bits + 7) // 8, dtype=np.uint8)
-    lane_bytes = (table_log * (K + 1) + 7) // 8      # the most a lane can take
+    lane_bytes = longest_lane(table_log, K)
 
     def run(job):
         g0, g1 = job
